@@ -1,0 +1,122 @@
+"""What a PSL stage's training step costs relative to an end-to-end step, measured in one process.
+
+For each backbone setting it times the train_step of S1, S2, S3 (psl mode) and of E2E on one fixed,
+already-preprocessed batch (so only the network step is timed, not the input pipeline), and prints
+images/s, the measured ratio step_time(stage) / step_time(E2E), and the ratio predicted by FLOPs:
+forward-only blocks cost 1x their multiply-adds, trained blocks ~3x (forward + two backward products).
+
+  python benchmarks/stage_cost.py                       # ResNet-50 @224 and CIFAR ResNet-18 @32
+  python benchmarks/stage_cost.py --settings cifar --steps 20 --jit_compile --mixed_precision
+
+Absolute numbers depend on the machine; the ratios are what to compare.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from psl_keras import stages  # noqa: E402
+from psl_keras.backbones import BLOCK_NAMES, backbone_blocks, build_backbone  # noqa: E402
+from psl_keras.tasks import build_task  # noqa: E402
+
+SETTINGS = {
+    "resnet50": dict(backbone="resnet50", image_size=224, batch=16, width=1.0),
+    "cifar": dict(backbone="resnet18", image_size=32, batch=256, width=1.0),
+}
+
+
+def block_macs(block):
+    """Multiply-adds of one forward pass of a block sub-model, from its convolution and dense layers."""
+    total = 0
+    for layer in block.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * kh * kw * layer.input.shape[-1] * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return total
+
+
+def macs_per_block(backbone, image_size):
+    """Forward multiply-adds of B1..B5 at `image_size` (blocks rebuilt with fixed shapes to read sizes)."""
+    macs, shape = [], (image_size, image_size, 3)
+    for block in backbone_blocks(backbone):
+        fixed = keras.models.clone_model(block, input_tensors=keras.Input(shape))
+        macs.append(block_macs(fixed))
+        shape = tuple(fixed.output.shape[1:])
+    return macs
+
+
+def predicted_ratio(stage, macs):
+    """FLOPs of a stage step over an E2E step: frozen blocks forward only, trained blocks x3."""
+    frozen = sum(macs[: stage.first_trained - 1])
+    trained = sum(macs[stage.first_trained - 1: stage.last_block])
+    return (frozen + 3 * trained) / (3 * sum(macs))
+
+
+def time_stage(blocks, task, stage, inputs, labels, steps, jit_compile):
+    head = task.build_head(stage.level, blocks[stage.last_block - 1].output.shape[-1], name=f"g_{stage.name}")
+    model = stages.StageModel(blocks, stage, head, task, len(labels), weight_decay=1e-4)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    model.optimizer.build(model.stage_variables)
+    step = tf.function(model.train_step, jit_compile=jit_compile)
+    labels = labels % task.num_classes(stage.level)
+    for _ in range(2):  # trace and warm up
+        float(step((inputs, labels))["loss"])
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        float(step((inputs, labels))["loss"])
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def run_setting(name, steps, jit_compile, mixed_precision):
+    s = SETTINGS[name]
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone(s["backbone"], s["image_size"], width=s["width"])
+    blocks = backbone_blocks(backbone)
+    task = build_task("rotation", s["image_size"])
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.uniform(size=(s["batch"], s["image_size"], s["image_size"], 3)), tf.float32)
+    labels = tf.constant(rng.integers(0, 8, s["batch"]), tf.int32)
+    macs = macs_per_block(backbone, s["image_size"])
+    named = [(stage.name, stage) for stage in stages.stage_plan("psl", 3)]
+    named.append(("E2E", stages.stage_plan("e2e", 3)[0]))
+    results = {}
+    for label, stage in named:
+        results[label] = (stage, time_stage(blocks, task, stage, inputs, labels, steps, jit_compile))
+    e2e_time = results["E2E"][1]
+    flags = ", ".join(f for f, on in (("XLA", jit_compile), ("bfloat16", mixed_precision)) if on) or "float32"
+    print(f"\n{s['backbone']} @{s['image_size']}x{s['image_size']}, batch {s['batch']}, width {s['width']}, "
+          f"{flags}, median of {steps} steps")
+    print("GMACs per block (forward): " + ", ".join(f"{n} {m / 1e9:.3f}" for n, m in zip(BLOCK_NAMES, macs)))
+    print(f"{'step':6} {'images/s':>10} {'time/E2E':>9} {'FLOPs say':>9}")
+    for label, (stage, seconds) in results.items():
+        print(f"{label:6} {s['batch'] / seconds:10.1f} {seconds / e2e_time:9.2f} {predicted_ratio(stage, macs):9.2f}")
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", default="resnet50,cifar", help="comma-separated: resnet50, cifar")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    parser.add_argument("--jit_compile", action="store_true", help="compile steps with XLA")
+    parser.add_argument("--mixed_precision", action="store_true", help="mixed_bfloat16 policy")
+    args = parser.parse_args()
+    for name in args.settings.split(","):
+        run_setting(name.strip(), args.steps, args.jit_compile, args.mixed_precision)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Image sources (any TFDS image dataset, or a local folder) and the per-replica training pipeline.
+
+A source yields (uint8 image [H, W, 3], int64 label) pairs; label is -1 where the data has none. Tasks turn
+images into (inputs, label) pairs of their pretext task; this module does the rest: sharding across
+workers, seeded shuffling, parallel preprocessing, per-replica batching and prefetching.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from psl_keras.errors import PSLError
+
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Splits of fixed-shape images up to this size are decoded once and kept in memory (CIFAR-10 train is
+# 150 MB): a perfect per-epoch shuffle then costs a permutation instead of refilling a shuffle buffer.
+IN_MEMORY_BYTES = 2 * 1024**3
+
+
+@dataclasses.dataclass
+class ImageSource:
+    """One split of an image dataset and its facts.
+
+    The examples are either `arrays` (uint8 images [N, H, W, 3], int64 labels [N]) held in memory, or a
+    streaming `dataset` of (uint8 image [H, W, 3], int64 label) pairs.
+    """
+
+    name: str
+    split: str
+    num_examples: int
+    num_classes: int  # 0 when the data carries no labels (labels are then -1)
+    image_shape: tuple = None  # (H, W, 3) when every image has the same shape, else None
+    dataset: tf.data.Dataset = None
+    arrays: tuple = None
+
+    @classmethod
+    def from_arrays(cls, name, images, labels=None, num_classes=None, split="train"):
+        """An in-memory source, e.g. synthetic data in tests."""
+        images = np.asarray(images, np.uint8)
+        labels = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+        if num_classes is None:
+            num_classes = int(labels.max()) + 1 if labels.size and labels.min() >= 0 else 0
+        return cls(name, split, len(images), num_classes, tuple(images.shape[1:]), arrays=(images, labels))
+
+    def as_dataset(self):
+        """All examples in their stored order as a tf.data.Dataset of (image, label)."""
+        if self.arrays is not None:
+            return tf.data.Dataset.from_tensor_slices(self.arrays)
+        return self.dataset
+
+    def in_memory(self):
+        """This source with its examples decoded into memory (a no-op if they already are)."""
+        if self.arrays is not None:
+            return self
+        images, labels = [], []
+        for image_batch, label_batch in self.dataset.batch(4096).prefetch(2).as_numpy_iterator():
+            images.append(image_batch)
+            labels.append(label_batch)
+        arrays = (np.concatenate(images), np.concatenate(labels))
+        return dataclasses.replace(self, dataset=None, arrays=arrays, num_examples=len(arrays[0]))
+
+
+def default_data_dir():
+    """Where TFDS looks by default: $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def _prepare_hint(name, data_dir):
+    return (
+        f"Prepare it on a machine with internet access and copy the folder, or prepare it in place:\n"
+        f"  pip install importlib_resources && python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare()\"\n"
+        f"(datasets with manual downloads, such as imagenet2012, need their archives in "
+        f"{os.path.join(data_dir, 'downloads', 'manual')} first), then pass --data_dir={data_dir}. "
+        f"A folder of images works too: --dataset=folder:/path/to/images."
+    )
+
+
+def load_images(dataset, data_dir=None, split="train"):
+    """Loads one split of a TFDS image dataset by name, or of a local folder (`folder:PATH`)."""
+    if dataset.startswith(FOLDER_PREFIX):
+        return _load_folder(dataset[len(FOLDER_PREFIX):], split)
+    return _load_tfds(dataset, data_dir or default_data_dir(), split)
+
+
+def _load_tfds(name, data_dir, split):
+    import tensorflow_datasets as tfds  # slow to import; only needed for TFDS sources
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise PSLError(
+            f"Unknown TFDS dataset {name!r} (--dataset). Use a name from "
+            f"`tfds.list_builders()`, e.g. cifar10 or imagenet2012, or --dataset=folder:/path/to/images."
+        ) from None
+    if not builder.is_prepared():
+        raise PSLError(
+            f"Dataset {name!r} is not prepared in --data_dir={data_dir} (looked for {builder.data_dir}); "
+            f"this machine cannot download it during training. " + _prepare_hint(name, data_dir)
+        )
+    splits = builder.info.splits
+    if split not in splits:
+        raise PSLError(
+            f"Dataset {name!r} has no split {split!r}; it has: {', '.join(sorted(splits.keys()))}."
+        )
+    features = builder.info.features
+    image_key = next(
+        (key for key, feature in features.items() if isinstance(feature, tfds.features.Image)), None
+    )
+    if image_key is None:
+        raise PSLError(f"Dataset {name!r} has no image feature; psl-keras trains on image datasets.")
+    label_feature = features["label"] if "label" in features else None
+    num_classes = getattr(label_feature, "num_classes", 0) or 0
+    image_shape = tuple(features[image_key].shape)
+    if None in image_shape or image_shape[-1] not in (1, 3):
+        image_shape = None
+    has_label = num_classes > 0
+
+    def to_pair(example):
+        image = example[image_key]
+        image = tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+        label = tf.cast(example["label"], tf.int64) if has_label else tf.constant(-1, tf.int64)
+        return image, label
+
+    data = builder.as_dataset(split=split, shuffle_files=False)
+    data = data.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    num_examples = splits[split].num_examples
+    source = ImageSource(name, split, num_examples, num_classes, image_shape, dataset=data)
+    if image_shape is not None:
+        source.image_shape = image_shape[:2] + (3,)
+        if num_examples * int(np.prod(source.image_shape)) <= IN_MEMORY_BYTES:
+            source = source.in_memory()
+    return source
+
+
+def _load_folder(root, split):
+    """Images under `root` (or `root/split` if that exists); class = first sub-folder, sorted by name."""
+    if not os.path.isdir(root):
+        raise PSLError(f"--dataset=folder:{root}: no such directory.")
+    split_root = os.path.join(root, split)
+    if os.path.isdir(split_root):
+        root = split_root
+    files = sorted(
+        os.path.join(dirpath, f)
+        for dirpath, _, filenames in os.walk(root)
+        for f in filenames
+        if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not files:
+        raise PSLError(
+            f"--dataset=folder:{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under it."
+        )
+    class_of = [os.path.relpath(f, root).split(os.sep)[0] if os.sep in os.path.relpath(f, root) else None
+                for f in files]
+    classes = sorted({c for c in class_of if c is not None})
+    if classes and all(c is not None for c in class_of):
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index[c] for c in class_of]
+    else:
+        classes, labels = [], [-1] * len(files)
+
+    def decode(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.ensure_shape(image, [None, None, 3]), label
+
+    data = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int64)))
+    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    # A corrupt file would otherwise stop a long run from deep inside tf.data: skip it with a warning.
+    data = data.ignore_errors(log_warning=True)
+    return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data)
+
+
+def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000):
+    """Shards, shuffles, preprocesses and batches a source for one epoch.
+
+    `preprocess(image, example_seed)` returns the task's (inputs, label). `seed` fixes the shuffle order
+    and every per-example random choice, so the same seed gives the same epoch. With an `input_context`
+    (from `strategy.distribute_datasets_from_function`) each input pipeline reads its own shard and
+    batches at the per-replica batch size.
+    """
+    batch_size, pipeline_id, num_pipelines = global_batch_size, 0, 1
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        pipeline_id, num_pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
+    if source.arrays is not None:
+        order = np.random.default_rng(seed).permutation(source.num_examples)[pipeline_id::num_pipelines]
+        images, labels = source.arrays
+        data = tf.data.Dataset.from_tensor_slices((images[order], labels[order]))
+    else:
+        data = source.dataset
+        if num_pipelines > 1:
+            data = data.shard(num_pipelines, pipeline_id)
+        data = data.shuffle(min(shuffle_buffer, source.num_examples), seed=seed, reshuffle_each_iteration=False)
+    data = data.enumerate()
+
+    def apply(index, pair):
+        image, _ = pair
+        # Shards enumerate from 0, so the pipeline id keeps their example seeds apart.
+        example_seed = tf.stack([tf.constant(seed * 1_000_003 + pipeline_id, tf.int64), index])
+        return preprocess(image, example_seed)
+
+    data = data.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    data = data.batch(batch_size, drop_remainder=True)
+    return data.prefetch(tf.data.AUTOTUNE)

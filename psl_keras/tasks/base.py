@@ -1,0 +1,71 @@
+"""What every pretext task provides to the stage-wise trainer.
+
+A task owns everything that differs between pretext tasks: its multi-level ladder (G1 easier than G2
+easier than G3), the per-example input pipeline for a level, the stage head g_i and the loss. The trainer
+only calls the methods below, so a new task is one new module plus a line in `psl_keras.tasks.TASKS`.
+"""
+
+import keras
+from keras import layers, ops
+
+
+class Task:
+    """Base class of pretext tasks. Subclasses set `name` and implement the abstract methods."""
+
+    name = None
+    num_levels = 3
+
+    def __init__(self, image_size, head_hidden=256, sync_bn=False):
+        self.image_size = int(image_size)
+        self.head_hidden = int(head_hidden)
+        self.sync_bn = bool(sync_bn)  # synchronise the head's BatchNorm across replicas, like the backbone
+
+    # --- the ladder -----------------------------------------------------------------------------------
+    def num_classes(self, level):
+        """Number of classes of the task at `level` (1-based)."""
+        raise NotImplementedError
+
+    def describe_level(self, level):
+        """A short human-readable description of `level`, for logs and summary.json."""
+        return f"{self.name} G{level}: {self.num_classes(level)} classes"
+
+    # --- data -----------------------------------------------------------------------------------------
+    def preprocess(self, image, seed, level):
+        """Maps one decoded uint8 image [H, W, 3] to (inputs, label) for `level`.
+
+        `seed` is a shape-[2] integer tensor unique to this example and epoch: every random choice must
+        come from it (stateless ops), which makes a run repeatable and resumable.
+        """
+        raise NotImplementedError
+
+    def backbone_images(self, inputs):
+        """Turns a batch of task inputs into the image batch the backbone sees (identity by default)."""
+        return inputs
+
+    # --- network --------------------------------------------------------------------------------------
+    def build_head(self, level, feature_channels, name):
+        """The stage head g_i: block features [N, h, w, C] -> logits [B, num_classes(level)].
+
+        Default: global average pool, an MLP hidden layer with BatchNorm, then a linear classifier.
+        """
+        features = keras.Input((None, None, feature_channels), name=f"{name}_features")
+        x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(features)
+        x = layers.Dense(self.head_hidden, use_bias=False, name=f"{name}_hidden")(x)
+        x = layers.BatchNormalization(synchronized=self.sync_bn, name=f"{name}_bn")(x)
+        x = layers.Activation("relu", name=f"{name}_relu")(x)
+        # float32 logits keep the softmax stable under mixed precision.
+        logits = layers.Dense(self.num_classes(level), dtype="float32", name=f"{name}_logits")(x)
+        return keras.Model(features, logits, name=name)
+
+    # --- objective ------------------------------------------------------------------------------------
+    def per_example_loss(self, labels, outputs):
+        """Loss of each example, shape [B]; the trainer averages over the global batch."""
+        return keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
+
+    def per_example_correct(self, labels, outputs):
+        """1.0 where the pretext prediction is right, shape [B] (the accuracy reported while training)."""
+        predicted = ops.argmax(outputs, axis=-1)
+        return ops.cast(ops.equal(ops.cast(labels, predicted.dtype), predicted), "float32")
+
+    def get_config(self):
+        return {"name": self.name, "image_size": self.image_size, "head_hidden": self.head_hidden}

@@ -1,0 +1,129 @@
+"""Multi-level rotation prediction (Gidaris et al. 2018; PSL Table 2).
+
+Levels: R1 = {0, 180}, R2 = {0, 90, 180, 270}, R3 = the eight multiples of 45 degrees; label k means a
+counter-clockwise rotation by k * 360 / |R_i| degrees, so R1 is a subset of R2 which is a subset of R3.
+
+Geometry. A 45-degree rotation of a square leaves black corners, and a network learns to read them instead
+of the image content. So every angle, 0 included, is cut the same way: rotate about the centre, keep the
+square inscribed in the rotated image (side / sqrt(2)), take a random crop of it and resample to the output
+size. Rotation, crop, flip and resize are one projective resample (one interpolation, no corners ever leave
+the source image); reflection fills the sub-pixel border that bilinear sampling can touch.
+"""
+
+import math
+
+import tensorflow as tf
+
+from psl_keras.tasks.base import Task
+
+ROTATION_LEVELS = (2, 4, 8)
+
+
+def rotation_angles(level):
+    """The angles (degrees) of level `level`: multiples of 360 / |R_level|."""
+    count = ROTATION_LEVELS[level - 1]
+    return [k * 360.0 / count for k in range(count)]
+
+
+def rotation_crop_transform(angle, in_height, in_width, out_size, window, offset, flip):
+    """The 8-parameter output->input map of `tf.raw_ops.ImageProjectiveTransformV3`.
+
+    Output pixel (u, v) of an `out_size` square is taken from the image rotated counter-clockwise by
+    `angle` (radians) about its centre, at a `window`-pixel square centred `offset` = (dx, dy) pixels from
+    the centre of the rotated image; `flip` (0/1) mirrors the source image left-right before rotating.
+    All arguments are float32 scalars (offset a [2] tensor); pixel centres sit at integer coordinates.
+    """
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    mirror = 1.0 - 2.0 * flip  # -1 flips the x axis of the source
+    # M = F @ R^T: takes a vector in the rotated frame back to the source frame.
+    m00, m01 = mirror * cos, -mirror * sin
+    m10, m11 = sin, cos
+    scale = window / out_size
+    out_centre = (out_size - 1.0) / 2.0
+    cx, cy = (in_width - 1.0) / 2.0, (in_height - 1.0) / 2.0
+    tx, ty = offset[0], offset[1]
+    a0, a1 = scale * m00, scale * m01
+    b0, b1 = scale * m10, scale * m11
+    a2 = -(a0 + a1) * out_centre + m00 * tx + m01 * ty + cx
+    b2 = -(b0 + b1) * out_centre + m10 * tx + m11 * ty + cy
+    return tf.stack([a0, a1, a2, b0, b1, b2, 0.0, 0.0])
+
+
+def apply_transform(image, transform, out_size, fill_mode="REFLECT", interpolation="BILINEAR"):
+    """Resamples one float image [H, W, C] with an 8-parameter transform into [out_size, out_size, C]."""
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis],
+        transforms=tf.cast(transform, tf.float32)[tf.newaxis],
+        output_shape=tf.constant([out_size, out_size], tf.int32),
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode=fill_mode,
+    )
+    return out[0]
+
+
+def resize_shorter_side(image, size):
+    """Resizes a float image so its shorter side is `size` (antialiased), keeping the aspect ratio."""
+    shape = tf.shape(image)
+    height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    ratio = tf.cast(size, tf.float32) / tf.minimum(height, width)
+    new_size = tf.cast(tf.round(tf.stack([height * ratio, width * ratio])), tf.int32)
+    return tf.image.resize(image, new_size, antialias=True)
+
+
+class RotationTask(Task):
+    """Predict which of |R_level| rotations was applied; one random rotation per image."""
+
+    name = "rotation"
+
+    def __init__(self, image_size, head_hidden=256, sync_bn=False, resize_shorter=None, crop_fraction=None):
+        super().__init__(image_size, head_hidden, sync_bn)
+        large = self.image_size > 64
+        # Paper (ImageNet): shorter side 256, 224 crops. Small images keep their own size.
+        self.resize_shorter = int(resize_shorter or (round(self.image_size * 256 / 224) if large else 0))
+        # Fraction of the inscribed square the random crop covers: 224/256 as in the paper for large
+        # images; CIFAR-size images have too few pixels to lose, so they keep the whole square.
+        self.crop_fraction = float(crop_fraction or (224 / 256 if large else 1.0))
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}.")
+
+    def num_classes(self, level):
+        return ROTATION_LEVELS[level - 1]
+
+    def describe_level(self, level):
+        angles = ", ".join(f"{a:g}" for a in rotation_angles(level))
+        return f"rotation R{level} = {{{angles}}} degrees"
+
+    def rotate(self, image, label, level, flip, offset_unit):
+        """Rotates a float image by label * 360/|R_level| degrees and crops, as described above.
+
+        `offset_unit` in [-1, 1]^2 places the random crop inside the inscribed square; `flip` in {0, 1}.
+        """
+        if self.resize_shorter:
+            image = resize_shorter_side(image, self.resize_shorter)
+        shape = tf.shape(image)
+        height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+        inscribed = tf.minimum(height, width) / math.sqrt(2.0)
+        window = inscribed * self.crop_fraction
+        offset = offset_unit * (inscribed - window) / 2.0
+        angle = tf.cast(label, tf.float32) * (2.0 * math.pi / self.num_classes(level))
+        transform = rotation_crop_transform(
+            angle, height, width, float(self.image_size), window, offset, tf.cast(flip, tf.float32)
+        )
+        return apply_transform(image, transform, self.image_size)
+
+    def preprocess(self, image, seed, level):
+        label_seed, flip_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        label = tf.random.stateless_uniform(
+            [], label_seed, minval=0, maxval=self.num_classes(level), dtype=tf.int32
+        )
+        flip = tf.cast(tf.random.stateless_uniform([], flip_seed) < 0.5, tf.int32)
+        offset_unit = tf.random.stateless_uniform([2], offset_seed, minval=-1.0, maxval=1.0)
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        rotated = self.rotate(image, label, level, flip, offset_unit)
+        return tf.clip_by_value(rotated, 0.0, 1.0), label
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(resize_shorter=self.resize_shorter, crop_fraction=self.crop_fraction)
+        return config

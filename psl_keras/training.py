@@ -1,0 +1,374 @@
+"""The stage-wise trainer (Algorithm 1): stages in order, each with its own head, optimizer and schedule.
+
+One loop serves every strategy, multi-worker included (where Keras 3's `fit()` fails): a distributed
+dataset per epoch, a `tf.function` that calls `strategy.run(stage_model.train_step)`, sums all-reduced for
+logging, `keras.utils.Progbar` and a `keras.callbacks.CallbackList` (CSV, TensorBoard, user callbacks).
+
+Run directory:
+  checkpoints/     tf.train checkpoints after every epoch (backbone, current head, current optimizer)
+  state.json       progress, replaced atomically after each checkpoint; what --resume reads
+  stage{i}_backbone.keras, backbone.keras   the backbone alone (no heads) after each stage / at the end
+  log.csv, tensorboard/, summary.json
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from psl_keras import data as data_lib
+from psl_keras import distribute, optim, stages
+from psl_keras.backbones import backbone_blocks, build_backbone
+from psl_keras.callbacks import RunCSVLogger
+from psl_keras.config import TrainConfig
+from psl_keras.errors import PSLError
+from psl_keras.tasks import build_task
+
+STATE_FILE = "state.json"
+SUMMARY_FILE = "summary.json"
+BACKBONE_FILE = "backbone.keras"
+# Settings that may change when a run is resumed; anything else must match the saved run.
+RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "steps_per_epoch"}
+
+
+def write_json_atomic(path, payload):
+    """Writes JSON so that a crash leaves either the old file or the new one, never half of one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_keras_atomic(model, path):
+    """Saves a `.keras` file through a temporary name, so an interrupted save never replaces a good file."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp_{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def derived_seed(*parts):
+    """A 31-bit seed from non-negative integers, e.g. (run seed, purpose, stage, epoch)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
+
+
+DATA_SEED, HEAD_SEED = 1, 2  # purposes, so data and head initialisation never share a seed
+
+
+def stage_epochs(config):
+    """Epochs of each stage; E2E's single stage gets the whole PSL budget unless --e2e_epochs says else."""
+    if config.mode == "e2e":
+        windows = stages.parse_windows(config.stage_windows)
+        return config.e2e_epochs or config.epochs_per_stage * len(windows)
+    return config.epochs_per_stage
+
+
+class Trainer:
+    """Trains a backbone with PSL (or an ablation mode) and writes a run directory.
+
+    Usage: `Trainer(config, strategy).train()` returns the summary dict (also written to summary.json).
+    """
+
+    def __init__(self, config: TrainConfig, strategy=None, callbacks=(), resume=False, verbose=1, source=None):
+        """`source` (a `data.ImageSource`) replaces loading config.dataset, e.g. for synthetic data."""
+        self.config = config
+        self._given_source = source
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.extra_callbacks = list(callbacks)
+        self.resume = resume
+        self.chief = distribute.is_chief(self.strategy)
+        self.verbose = verbose if self.chief else 0
+        self.output_dir = config.output_dir
+        self._validate()
+
+    # --- set-up ---------------------------------------------------------------------------------------
+    def _validate(self):
+        c = self.config
+        if c.batch_size % self.strategy.num_replicas_in_sync:
+            raise PSLError(
+                f"--batch_size={c.batch_size} is the global batch and must divide evenly over "
+                f"{self.strategy.num_replicas_in_sync} replicas."
+            )
+        if c.epochs_per_stage < 1:
+            raise PSLError(f"--epochs_per_stage must be at least 1, got {c.epochs_per_stage}.")
+        if c.steps_per_epoch < 0:
+            raise PSLError(f"--steps_per_epoch must be 0 (full epochs) or a positive cap.")
+        optim.parse_pattern(c.schedule_pattern)
+        self.plan = stages.stage_plan(c.mode, 3, stages.parse_windows(c.stage_windows))
+
+    def _load_state(self):
+        state_path = os.path.join(self.output_dir, STATE_FILE)
+        exists = os.path.exists(state_path)
+        if not self.resume:
+            if exists:
+                raise PSLError(
+                    f"{self.output_dir} already holds a run. Pass --resume to continue it, or choose a new "
+                    f"--output_dir (nothing was overwritten)."
+                )
+            return None
+        if not exists:
+            if os.path.isdir(self.output_dir) and os.listdir(self.output_dir):
+                raise PSLError(
+                    f"--resume: {self.output_dir} has no {STATE_FILE}, so it is not a psl-keras run that "
+                    f"can be resumed. Check --output_dir."
+                )
+            return None  # nothing to resume: start fresh
+        try:
+            with open(state_path) as f:
+                state = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise PSLError(f"--resume: cannot read {state_path} ({err}).") from None
+        saved = state.get("config", {})
+        mismatched = {
+            k: (saved.get(k), v)
+            for k, v in self.config.to_dict().items()
+            if k not in RESUMABLE_FIELDS and k in saved and saved[k] != v
+        }
+        if mismatched:
+            details = ", ".join(f"--{k}: run has {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
+            raise PSLError(
+                f"--resume: the run in {self.output_dir} was started with other settings ({details}). "
+                f"Resume with the same flags (the run's config is in {state_path}) or use a new --output_dir."
+            )
+        return state
+
+    def _build(self):
+        c = self.config
+        keras.utils.set_random_seed(c.seed)
+        if c.mixed_precision:
+            # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
+            policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+            keras.mixed_precision.set_dtype_policy(policy)
+        self.task = build_task(c.task, c.image_size, head_hidden=c.head_hidden, sync_bn=c.sync_bn)
+        self.source = self._given_source or data_lib.load_images(c.dataset, c.data_dir or None, c.split)
+        if self.source.image_shape is not None and min(self.source.image_shape[:2]) < c.image_size / 2:
+            raise PSLError(
+                f"{self.source.name} images are {self.source.image_shape[0]}x{self.source.image_shape[1]}, "
+                f"too small for --image_size={c.image_size}. Use --config=cifar10_small or a smaller "
+                f"--image_size."
+            )
+        stem = None if c.stem == "auto" else c.stem
+        with self.strategy.scope():
+            self.backbone = build_backbone(c.backbone, c.image_size, stem=stem, width=c.width, sync_bn=c.sync_bn)
+        self.blocks = backbone_blocks(self.backbone)
+
+    def _steps_per_epoch(self):
+        full = self.source.num_examples // self.config.batch_size
+        if full < 1:
+            raise PSLError(
+                f"{self.source.name} has {self.source.num_examples} examples, fewer than one batch of "
+                f"--batch_size={self.config.batch_size}."
+            )
+        return min(full, self.config.steps_per_epoch) if self.config.steps_per_epoch else full
+
+    # --- files ----------------------------------------------------------------------------------------
+    def _checkpoint_dir(self):
+        if self.chief:
+            return os.path.join(self.output_dir, "checkpoints")
+        # Every worker must take part in saving; only the chief's copy is kept.
+        return os.path.join(self.output_dir, ".workers", f"worker_{distribute.worker_id(self.strategy)}")
+
+    def _callbacks(self, stage_model):
+        callbacks = list(self.extra_callbacks)
+        if self.chief:
+            callbacks += [
+                RunCSVLogger(os.path.join(self.output_dir, "log.csv")),
+                keras.callbacks.TensorBoard(
+                    os.path.join(self.output_dir, "tensorboard"), write_graph=False, update_freq="epoch"
+                ),
+            ]
+        return keras.callbacks.CallbackList(callbacks, model=stage_model)
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def _stage_model(self, stage, steps_per_epoch, epochs):
+        c = self.config
+        # Each head starts from its own seed, so a resumed run builds the same heads as an unbroken one.
+        keras.utils.set_random_seed(derived_seed(c.seed, HEAD_SEED, stage.index))
+        with self.strategy.scope():
+            head = self.task.build_head(
+                stage.level, self.blocks[stage.last_block - 1].output.shape[-1], name=f"g{stage.index}"
+            )
+            model = stages.StageModel(
+                self.blocks, stage, head, self.task, c.batch_size, weight_decay=c.weight_decay
+            )
+            total_steps = steps_per_epoch * epochs
+            schedule = optim.learning_rate_schedule(
+                c.schedule,
+                c.lr,
+                total_steps,
+                pattern=optim.parse_pattern(c.schedule_pattern),
+                warmup_steps=int(c.warmup_epochs * steps_per_epoch),
+            )
+            optimizer = optim.build_optimizer(c.optimizer, schedule, c.momentum, c.nesterov)
+            model.compile(optimizer=optimizer)  # wraps a LossScaleOptimizer under mixed_float16
+            model.optimizer.build(model.stage_variables)
+        return model
+
+    def _distributed_dataset(self, stage, epoch):
+        preprocess = lambda image, seed: self.task.preprocess(image, seed, stage.level)  # noqa: E731
+        seed = derived_seed(self.config.seed, DATA_SEED, stage.index, epoch)
+        return self.strategy.distribute_datasets_from_function(
+            lambda ctx: data_lib.training_pipeline(
+                self.source, preprocess, self.config.batch_size, seed, ctx, self.config.shuffle_buffer
+            )
+        )
+
+    def _step_function(self, model):
+        replica_step = model.train_step
+        if self.config.jit_compile:
+            replica_step = tf.function(replica_step, jit_compile=True)
+        strategy = self.strategy
+
+        @tf.function
+        def distributed_step(batch):
+            outputs = strategy.run(replica_step, args=(batch,))
+            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in outputs.items()}
+
+        return distributed_step
+
+    def train(self):
+        c = self.config
+        state = self._load_state()
+        if self.chief:
+            os.makedirs(self.output_dir, exist_ok=True)
+        self._build()
+        state = state or {"config": c.to_dict(), "stage": 1, "epoch": 0, "checkpoint": None, "stages": []}
+        state["config"] = c.to_dict()
+        steps_per_epoch = self._steps_per_epoch()
+        epochs = stage_epochs(c)
+        run_start = time.time()
+        global_epoch = sum(epochs for s in self.plan if s.index < state["stage"]) + state["epoch"]
+
+        if state["checkpoint"]:
+            # Backbone weights from the last checkpoint; the head and optimizer too if the stage is unfinished.
+            self._restore_backbone(state)
+
+        for stage in self.plan:
+            if stage.index < state["stage"] or (stage.index == state["stage"] and state["epoch"] >= epochs):
+                continue
+            model = self._stage_model(stage, steps_per_epoch, epochs)
+            checkpoint = tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer)
+            manager = tf.train.CheckpointManager(checkpoint, self._checkpoint_dir(), max_to_keep=2)
+            first_epoch = state["epoch"] if stage.index == state["stage"] else 0
+            if first_epoch:
+                checkpoint.restore(state["checkpoint"]).expect_partial()
+            else:
+                state.update(stage=stage.index, epoch=0)
+            if self.verbose:
+                print(f"\n{stage.describe()} ({self.task.describe_level(stage.level)}), "
+                      f"{epochs} epochs x {steps_per_epoch} steps, batch {c.batch_size}, "
+                      f"{self.strategy.num_replicas_in_sync} replica(s)")
+            stage_result = self._train_stage(
+                stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch
+            )
+            global_epoch += epochs - first_epoch
+            state["stages"] = [s for s in state["stages"] if s["stage"] != stage.index] + [stage_result]
+            if self.chief:
+                save_keras_atomic(self.backbone, os.path.join(self.output_dir, f"stage{stage.index}_backbone.keras"))
+                write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
+
+        summary = self._summary(state, time.time() - run_start)
+        if self.chief:
+            save_keras_atomic(self.backbone, os.path.join(self.output_dir, BACKBONE_FILE))
+            write_json_atomic(os.path.join(self.output_dir, SUMMARY_FILE), summary)
+        else:
+            shutil.rmtree(os.path.join(self.output_dir, ".workers"), ignore_errors=True)
+        return summary
+
+    def _restore_backbone(self, state):
+        checkpoint = tf.train.Checkpoint(backbone=self.backbone)
+        try:
+            checkpoint.restore(state["checkpoint"]).expect_partial()
+        except (tf.errors.NotFoundError, ValueError) as err:
+            raise PSLError(
+                f"--resume: cannot restore {state['checkpoint']} ({err}). The checkpoint is missing or was "
+                f"written by another configuration; start a new --output_dir."
+            ) from None
+
+    def _train_stage(self, stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch):
+        step = self._step_function(model)
+        callbacks = self._callbacks(model)
+        callbacks.on_train_begin()
+        stage_start = time.time()
+        images, busy_time = 0, 0.0
+        logs = {}
+        for epoch in range(first_epoch, epochs):
+            callbacks.on_epoch_begin(global_epoch)
+            progbar = keras.utils.Progbar(
+                steps_per_epoch, verbose=self.verbose, stateful_metrics=["loss", "accuracy", "lr"]
+            )
+            dataset = self._distributed_dataset(stage, epoch)
+            totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+            iterator = iter(dataset)
+            for i in range(steps_per_epoch):
+                started = time.time()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                sums = {k: float(v) for k, v in step(batch).items()}
+                if i:  # the first step of an epoch includes tracing and pipeline warm-up
+                    busy_time += time.time() - started
+                    images += sums["count"]
+                for k in totals:
+                    totals[k] += sums[k]
+                if not np.isfinite(sums["loss"]):
+                    raise PSLError(
+                        f"{stage.name} epoch {epoch + 1} step {i + 1}: the loss is {sums['loss']}. Lower --lr "
+                        f"or check the data; the last good checkpoint is in {self._checkpoint_dir()}."
+                    )
+                progbar.update(
+                    i + 1,
+                    [
+                        ("loss", totals["loss"] / totals["count"]),
+                        ("accuracy", totals["correct"] / totals["count"]),
+                        ("lr", optim.current_learning_rate(model.optimizer)),
+                    ],
+                )
+            logs = {
+                "stage": stage.index,
+                "stage_epoch": epoch + 1,
+                "level": stage.level,
+                "loss": totals["loss"] / max(totals["count"], 1),
+                "accuracy": totals["correct"] / max(totals["count"], 1),
+                "lr": optim.current_learning_rate(model.optimizer),
+            }
+            path = manager.save()
+            if self.chief:
+                state.update(stage=stage.index, epoch=epoch + 1, checkpoint=os.path.abspath(path))
+                write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
+            callbacks.on_epoch_end(global_epoch, logs)
+            global_epoch += 1
+        callbacks.on_train_end(logs)
+        return {
+            "stage": stage.index,
+            "blocks": list(stage.trained_blocks),
+            "last_block": f"B{stage.last_block}",
+            "level": stage.level,
+            "task_level": self.task.describe_level(stage.level),
+            "epochs": epochs,
+            "steps_per_epoch": steps_per_epoch,
+            "final_loss": logs.get("loss"),
+            "final_accuracy": logs.get("accuracy"),
+            "wall_time_s": time.time() - stage_start,
+            "images_per_sec": images / busy_time if busy_time else None,
+        }
+
+    def _summary(self, state, wall_time):
+        c = self.config
+        return {
+            "config": c.to_dict(),
+            "task": self.task.get_config(),
+            "dataset": {"name": self.source.name, "split": c.split, "num_examples": self.source.num_examples},
+            "backbone": {"file": BACKBONE_FILE, "name": c.backbone, "parameters": int(self.backbone.count_params())},
+            "strategy": {"name": c.strategy, "replicas": int(self.strategy.num_replicas_in_sync)},
+            "stages": sorted(state["stages"], key=lambda s: s["stage"]),
+            "wall_time_s": wall_time,
+        }

@@ -1,0 +1,78 @@
+"""Runs the same PSL stage step on one replica and on two (logical CPU) replicas; prints the difference.
+
+Usage: python replica_step.py SYNC_BN(0|1). Prints JSON {"max_abs_diff": ..., "replicas": 2}.
+Must run in a fresh process: the CPU is split into two logical devices before TensorFlow starts.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from psl_keras import distribute  # noqa: E402
+
+distribute.split_cpu(2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from psl_keras import stages  # noqa: E402
+from psl_keras.backbones import backbone_blocks, build_backbone  # noqa: E402
+from psl_keras.tasks import build_task  # noqa: E402
+
+GLOBAL_BATCH = 16
+
+
+def build(strategy, sync_bn):
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        backbone = build_backbone("resnet18", 32, width=0.125, sync_bn=sync_bn)
+        blocks = backbone_blocks(backbone)
+        task = build_task("rotation", 32, head_hidden=16, sync_bn=sync_bn)
+        stage = stages.stage_plan("psl", 3)[1]
+        head = task.build_head(stage.level, blocks[3].output.shape[-1], name="g2")
+        model = stages.StageModel(blocks, stage, head, task, GLOBAL_BATCH, weight_decay=5e-4)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+        model.optimizer.build(model.stage_variables)
+    return task, stage, model, blocks + [head]
+
+
+def batch(task, level):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (GLOBAL_BATCH, 32, 32, 3), dtype=np.uint8)
+    pairs = [task.preprocess(tf.constant(im), tf.constant([1, i], tf.int64), level) for i, im in enumerate(images)]
+    return tf.stack([p[0] for p in pairs]), tf.stack([p[1] for p in pairs])
+
+
+def run(strategy, sync_bn, steps=int(os.environ.get("STEPS", 3))):
+    task, stage, model, layers = build(strategy, sync_bn)
+    inputs, labels = batch(task, stage.level)
+    per_replica = GLOBAL_BATCH // strategy.num_replicas_in_sync
+
+    def shard(ctx):
+        i = ctx.replica_id_in_sync_group
+        return inputs[i * per_replica:(i + 1) * per_replica], labels[i * per_replica:(i + 1) * per_replica]
+
+    @tf.function
+    def step(data):
+        return strategy.run(model.train_step, args=(data,))
+
+    for _ in range(steps):
+        step(strategy.experimental_distribute_values_from_function(shard))
+    return [keras.ops.convert_to_numpy(w) for layer in layers for w in layer.weights]
+
+
+def main():
+    sync_bn = sys.argv[1] == "1"
+    one = run(tf.distribute.OneDeviceStrategy("/cpu:0"), sync_bn)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    two = run(mirrored, sync_bn)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two))
+    print(json.dumps({"max_abs_diff": diff, "replicas": mirrored.num_replicas_in_sync}))
+
+
+if __name__ == "__main__":
+    main()

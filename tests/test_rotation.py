@@ -1,0 +1,82 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from psl_keras.tasks import build_task
+from psl_keras.tasks.rotation import apply_transform, rotation_angles, rotation_crop_transform
+
+from conftest import synthetic_images
+
+
+def test_levels_are_nested_multiples():
+    assert rotation_angles(1) == [0, 180]
+    assert rotation_angles(2) == [0, 90, 180, 270]
+    assert rotation_angles(3) == [45 * k for k in range(8)]
+    assert set(rotation_angles(1)) <= set(rotation_angles(2)) <= set(rotation_angles(3))
+    task = build_task("rotation", 32)
+    assert [task.num_classes(level) for level in (1, 2, 3)] == [2, 4, 8]
+
+
+def test_transform_rotates_counter_clockwise_like_rot90_and_flips():
+    image = np.random.default_rng(0).uniform(size=(9, 9, 3)).astype("float32")
+    for quarter_turns in range(4):
+        angle = tf.constant(quarter_turns * math.pi / 2)
+        t = rotation_crop_transform(angle, 9.0, 9.0, 9.0, tf.constant(9.0), tf.zeros(2), tf.constant(0.0))
+        out = apply_transform(image, t, 9, fill_mode="CONSTANT").numpy()
+        np.testing.assert_allclose(out, np.rot90(image, quarter_turns), atol=1e-5)
+    t = rotation_crop_transform(tf.constant(0.0), 9.0, 9.0, 9.0, tf.constant(9.0), tf.zeros(2), tf.constant(1.0))
+    np.testing.assert_allclose(apply_transform(image, t, 9, fill_mode="CONSTANT").numpy(), image[:, ::-1])
+
+
+@pytest.mark.parametrize("image_size,source", [(32, (32, 32)), (64, (80, 120))])
+def test_no_padded_corners_for_any_angle(image_size, source):
+    """Every output pixel comes from inside the image: with zero fill, a white image stays white."""
+    task = build_task("rotation", image_size, crop_fraction=0.9 if image_size == 64 else None)
+    white = tf.ones(source + (3,), tf.float32)
+    rng = np.random.default_rng(0)
+    for label in range(8):
+        for _ in range(4):  # random crop positions and flips
+            image = white
+            if task.resize_shorter:
+                from psl_keras.tasks.rotation import resize_shorter_side
+                image = resize_shorter_side(image, task.resize_shorter)
+            h, w = image.shape[0], image.shape[1]
+            inscribed = min(h, w) / math.sqrt(2)
+            window = inscribed * task.crop_fraction
+            offset = rng.uniform(-1, 1, 2) * (inscribed - window) / 2
+            t = rotation_crop_transform(
+                tf.constant(label * math.pi / 4), float(h), float(w), float(image_size),
+                tf.constant(window, tf.float32), tf.constant(offset, tf.float32),
+                tf.constant(float(rng.integers(2))),
+            )
+            out = apply_transform(image, t, image_size, fill_mode="CONSTANT").numpy()
+            assert out.shape == (image_size, image_size, 3)
+            assert out.min() > 0.99, f"label {label}: a pixel was sampled outside the image"
+
+
+def test_preprocess_outputs_every_label_in_range_and_is_deterministic():
+    task = build_task("rotation", 32)
+    image = tf.constant(synthetic_images(1)[0])
+    labels = set()
+    for i in range(64):
+        seed = tf.constant([3, i], tf.int64)
+        out, label = task.preprocess(image, seed, 3)
+        again, label_again = task.preprocess(image, seed, 3)
+        np.testing.assert_array_equal(out.numpy(), again.numpy())
+        assert int(label) == int(label_again)
+        assert out.shape == (32, 32, 3) and out.dtype == tf.float32
+        assert 0.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
+        labels.add(int(label))
+    assert labels == set(range(8))
+
+
+def test_label_is_the_rotation_applied():
+    """Un-rotating the output by its label's angle gives back the un-rotated view of the same crop."""
+    task = build_task("rotation", 32)
+    image = tf.image.convert_image_dtype(tf.constant(synthetic_images(1, seed=5)[0]), tf.float32)
+    zero = task.rotate(image, 0, 2, 0, tf.zeros(2))
+    for label in range(4):
+        rotated = task.rotate(image, label, 2, 0, tf.zeros(2)).numpy()
+        np.testing.assert_allclose(np.rot90(rotated, -label), zero.numpy(), atol=2e-3)

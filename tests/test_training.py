@@ -1,0 +1,99 @@
+import csv
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from psl_keras.backbones import BLOCK_NAMES
+from psl_keras.errors import PSLError
+from psl_keras.training import Trainer
+
+from conftest import synthetic_images, tiny_config
+
+
+def _weights(model):
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def test_psl_run_writes_checkpoints_summary_and_a_headless_backbone(tmp_path, synthetic_source):
+    config = tiny_config(tmp_path)
+    trainer = Trainer(config, source=synthetic_source, verbose=0)
+    summary = trainer.train()
+    run = config.output_dir
+    assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
+    assert [s["blocks"] for s in summary["stages"]] == [["B1", "B2", "B3"], ["B2", "B3", "B4"], ["B3", "B4", "B5"]]
+    for s in summary["stages"]:
+        assert np.isfinite(s["final_loss"]) and 0.0 <= s["final_accuracy"] <= 1.0
+    with open(os.path.join(run, "summary.json")) as f:
+        assert json.load(f)["stages"] == json.loads(json.dumps(summary["stages"]))
+    for name in ("backbone.keras", "stage1_backbone.keras", "stage2_backbone.keras", "stage3_backbone.keras",
+                 "state.json", "log.csv"):
+        assert os.path.exists(os.path.join(run, name)), name
+    assert any(f.endswith(".index") for f in os.listdir(os.path.join(run, "checkpoints")))
+    with open(os.path.join(run, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(float(r["stage"])) for r in rows] == [1, 2, 3]
+
+    exported = keras.saving.load_model(os.path.join(run, "backbone.keras"), safe_mode=True)
+    # Only the backbone: its sub-models are the five blocks, and it holds exactly the backbone's weights.
+    assert [layer.name for layer in exported.layers[1:]] == list(BLOCK_NAMES)
+    assert exported.count_params() == trainer.backbone.count_params()
+    assert not any(w.path.startswith("g") for w in exported.weights)
+    x = synthetic_images(4).astype("float32") / 255.0
+    ours, theirs = trainer.backbone(x), exported(x)
+    for name in BLOCK_NAMES:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours[name]),
+                                   keras.ops.convert_to_numpy(theirs[name]), atol=1e-6)
+
+
+def test_e2e_is_one_stage_with_the_whole_budget(tmp_path, synthetic_source):
+    summary = Trainer(tiny_config(tmp_path, mode="e2e"), source=synthetic_source, verbose=0).train()
+    (stage,) = summary["stages"]
+    assert stage["blocks"] == list(BLOCK_NAMES) and stage["epochs"] == 3 and stage["level"] == 3
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epochs):
+        super().__init__()
+        self.remaining = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.remaining -= 1
+        if self.remaining == 0:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_gives_the_same_backbone(tmp_path, synthetic_source):
+    straight = Trainer(tiny_config(tmp_path / "a", epochs_per_stage=2), source=synthetic_source, verbose=0)
+    straight.train()
+
+    config = tiny_config(tmp_path / "b", epochs_per_stage=2)
+    with pytest.raises(KeyboardInterrupt):  # stops after stage 2, epoch 1 (its checkpoint is written)
+        Trainer(config, callbacks=[_StopAfter(3)], source=synthetic_source, verbose=0).train()
+    with open(os.path.join(config.output_dir, "state.json")) as f:
+        state = json.load(f)
+    assert (state["stage"], state["epoch"]) == (2, 1)
+    resumed = Trainer(config, resume=True, source=synthetic_source, verbose=0)
+    summary = resumed.train()
+    assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
+    for a, b in zip(_weights(straight.backbone), _weights(resumed.backbone)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_existing_run_is_never_overwritten_and_resume_checks_settings(tmp_path, synthetic_source):
+    config = tiny_config(tmp_path)
+    Trainer(config, source=synthetic_source, verbose=0).train()
+    with pytest.raises(PSLError, match="already holds a run.*--resume"):
+        Trainer(config, source=synthetic_source, verbose=0).train()
+    changed = tiny_config(tmp_path, mode="sl")
+    with pytest.raises(PSLError, match="--mode: run has 'psl', now 'sl'"):
+        Trainer(changed, resume=True, source=synthetic_source, verbose=0).train()
+
+
+def test_bad_settings_are_clear_errors(tmp_path, synthetic_source):
+    with pytest.raises(PSLError, match="fewer than one batch"):
+        Trainer(tiny_config(tmp_path, batch_size=128), source=synthetic_source, verbose=0).train()
+    with pytest.raises(PSLError, match="Unknown task"):
+        Trainer(tiny_config(tmp_path, task="colorize"), source=synthetic_source, verbose=0).train()
