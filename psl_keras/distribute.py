@@ -39,8 +39,10 @@ def make_strategy(name, cpu_replicas=0):
     """Builds the strategy `name`; `cpu_replicas` > 1 splits the CPU first (testing without GPUs)."""
     if name not in STRATEGIES:
         raise PSLError(f"Unknown strategy {name!r}. Choose one of: {', '.join(STRATEGIES)} (--strategy).")
-    if name != "multi_worker":
-        split_cpu(cpu_replicas)
+    split_cpu(cpu_replicas)
+    if name == "multi_worker":
+        # Must come before anything lists logical devices: collectives are configured at context start-up.
+        return _multi_worker()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default":
         return tf.distribute.get_strategy()
@@ -49,19 +51,6 @@ def make_strategy(name, cpu_replicas=0):
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise PSLError(
-                "--strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
-                'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}}\'. See README (Distributed training).'
-            )
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except json.JSONDecodeError as err:
-            raise PSLError(f"TF_CONFIG is not valid JSON ({err}).") from None
-        split_cpu(cpu_replicas)
-        return tf.distribute.MultiWorkerMirroredStrategy()
     # tpu
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
@@ -70,6 +59,20 @@ def make_strategy(name, cpu_replicas=0):
     except (ValueError, tf.errors.NotFoundError, RuntimeError) as err:
         raise PSLError(f"--strategy=tpu: no TPU found ({err}). Use mirrored or one_device.") from None
     return tf.distribute.TPUStrategy(resolver)
+
+
+def _multi_worker():
+    if "TF_CONFIG" not in os.environ:
+        raise PSLError(
+            "--strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
+            'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\'. See README (Distributed training).'
+        )
+    try:
+        json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as err:
+        raise PSLError(f"TF_CONFIG is not valid JSON ({err}).") from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def is_chief(strategy):
@@ -85,5 +88,6 @@ def is_chief(strategy):
 
 
 def worker_id(strategy):
+    """This worker's index in its job (0 outside multi-worker training)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    return getattr(resolver, "task_id", 0) or 0 if resolver is not None else 0
+    return (getattr(resolver, "task_id", None) or 0) if resolver is not None else 0

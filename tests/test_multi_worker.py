@@ -1,0 +1,56 @@
+"""Two train.py worker processes on 127.0.0.1 under MultiWorkerMirroredStrategy (TF_CONFIG)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from conftest import REPO
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_one_run(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(64):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out_dir = tmp_path / "run"
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "train.py"), "--strategy=multi_worker",
+             f"--dataset=folder:{images}", "--backbone=resnet18", "--width=0.125", "--head_hidden=16",
+             "--batch_size=16", "--epochs_per_stage=1", "--steps_per_epoch=2", f"--output_dir={out_dir}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300))
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-4000:]
+    with open(out_dir / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["strategy"] == {"name": "multi_worker", "replicas": 2}
+    assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
+    assert (out_dir / "backbone.keras").exists()
+    assert not (out_dir / ".workers").exists()  # the non-chief's checkpoint copies are cleaned up
