@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from psl_keras.config import PRESETS, TrainConfig  # noqa: E402
+from psl_keras.tasks import TASKS  # noqa: E402
 
 FLAGS = flags.FLAGS
 _DEFAULTS = TrainConfig()
@@ -55,11 +56,25 @@ flags.DEFINE_integer("cpu_replicas", _DEFAULTS.cpu_replicas,
                      "Split the CPU into this many logical devices (multi-replica runs without GPUs).")
 flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Run directory.")
 
+# Each task's own settings become --{task}_{option} flags, so a new task needs no edit here.
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+for _task_name, _task in TASKS.items():
+    for _option, (_default, _help) in _task.OPTIONS.items():
+        _DEFINE[type(_default)](f"{_task_name}_{_option}", _default, f"[{_task_name}] {_help}")
+
 
 def explicit_settings():
     """The TrainConfig fields the user set on the command line."""
     names = [name for name in TrainConfig().to_dict() if name in FLAGS]
-    return {name: FLAGS[name].value for name in names if FLAGS[name].present}
+    settings = {name: FLAGS[name].value for name in names if FLAGS[name].present}
+    task = settings.get("task", FLAGS.task)
+    if task in TASKS:
+        settings["task_options"] = {
+            option: FLAGS[f"{task}_{option}"].value
+            for option in TASKS[task].OPTIONS
+            if FLAGS[f"{task}_{option}"].present
+        }
+    return settings
 
 
 def main(argv):

@@ -146,7 +146,7 @@ class Trainer:
             # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
             policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
             keras.mixed_precision.set_dtype_policy(policy)
-        self.task = build_task(c.task, c.image_size, head_hidden=c.head_hidden, sync_bn=c.sync_bn)
+        self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
         self.source = self._given_source or data_lib.load_images(c.dataset, c.data_dir or None, c.split)
         if self.source.image_shape is not None and min(self.source.image_shape[:2]) < c.image_size / 2:
             raise PSLError(

@@ -33,7 +33,7 @@ def test_transform_rotates_counter_clockwise_like_rot90_and_flips():
 @pytest.mark.parametrize("image_size,source", [(32, (32, 32)), (64, (80, 120))])
 def test_no_padded_corners_for_any_angle(image_size, source):
     """Every output pixel comes from inside the image: with zero fill, a white image stays white."""
-    task = build_task("rotation", image_size, crop_fraction=0.9 if image_size == 64 else None)
+    task = build_task("rotation", image_size, options={"crop_fraction": 0.9 if image_size == 64 else 0})
     white = tf.ones(source + (3,), tf.float32)
     rng = np.random.default_rng(0)
     for label in range(8):

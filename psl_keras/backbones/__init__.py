@@ -6,6 +6,7 @@ A backbone's blocks are sub-models named B1..B5 (`backbone_blocks`), which is al
 import functools
 
 from psl_keras.backbones import resnet as _resnet
+from psl_keras.backbones import revnet as _revnet
 from psl_keras.backbones.resnet import BLOCK_NAMES
 from psl_keras.errors import PSLError
 
@@ -13,6 +14,7 @@ BACKBONES = {
     "resnet18": functools.partial(_resnet.resnet, 18),
     "resnet34": functools.partial(_resnet.resnet, 34),
     "resnet50": functools.partial(_resnet.resnet, 50),
+    "revnet50": functools.partial(_revnet.revnet, 50),
 }
 
 

@@ -35,7 +35,7 @@ def scaled(channels, width):
     return max(4, int(round(channels * width)))
 
 
-class _BlockBuilder:
+class BlockBuilder:
     """Holds the conventions shared by all layers of one backbone (bias, BN flavour, init)."""
 
     def __init__(self, conv_bias, sync_bn):
@@ -87,7 +87,7 @@ class _BlockBuilder:
         return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def _stem_block(builder, stem, width):
+def stem_block(builder, stem, width):
     inputs = keras.Input((None, None, 3), name="B1_input")
     x = layers.Normalization(
         mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], name="normalize"
@@ -149,8 +149,8 @@ def resnet(
     if depth not in RESNET_LAYOUTS:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}.")
     kind, repeats = RESNET_LAYOUTS[depth]
-    builder = _BlockBuilder(conv_bias=conv_bias, sync_bn=sync_bn)
-    blocks = [_stem_block(builder, stem, width)]
+    builder = BlockBuilder(conv_bias=conv_bias, sync_bn=sync_bn)
+    blocks = [stem_block(builder, stem, width)]
     channels = scaled(64, width)
     for i, (reps, base) in enumerate(zip(repeats, (64, 128, 256, 512))):
         index = i + 2

@@ -14,6 +14,9 @@ class Task:
 
     name = None
     num_levels = 3
+    # Task-specific settings: name -> (default, help). train.py exposes each as --{task}_{name}; the
+    # constructor receives them as keyword arguments (0 / "" meaning "derive from the image size").
+    OPTIONS = {}
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False):
         self.image_size = int(image_size)

@@ -75,6 +75,10 @@ class RotationTask(Task):
     """Predict which of |R_level| rotations was applied; one random rotation per image."""
 
     name = "rotation"
+    OPTIONS = {
+        "crop_fraction": (0.0, "Share of the inscribed square the random crop covers (0: 224/256, 1 at <=64 px)."),
+        "resize_shorter": (0, "Shorter side before rotating (0: image_size*256/224; none at <=64 px)."),
+    }
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False, resize_shorter=None, crop_fraction=None):
         super().__init__(image_size, head_hidden, sync_bn)

@@ -1,0 +1,267 @@
+"""Multi-level jigsaw puzzles (Noroozi & Favaro 2016; protocol of Goyal et al. 2019; PSL Table 1).
+
+Levels: permutation sets C1 within C2 within C3 (default sizes 500 / 1000 / 2000) over the 9! orderings of a
+3x3 grid, chosen greedily for maximal Hamming distance: each new permutation maximises its minimum
+distance to those already chosen (ties go to the larger total distance, then to the seeded generator).
+C1 and C2 are prefixes of C3, so the sets nest by construction.
+
+Pipeline (ImageNet size): shorter side to 256, random 225x225 crop, flip p=0.5, a 3x3 grid of 75x75 cells,
+a random 64x64 tile inside each cell (the gaps stop the network matching edges), every tile normalised
+on its own (mean and contrast carry no position cue), the tiles reordered by a permutation drawn uniformly
+from the level's set; the label is that permutation's index. Small images are upsampled first so that the
+tiles keep a useful size (CIFAR: 32 -> 110, 96x96 crops, 32x32 cells, 27x27 tiles).
+
+Network (Goyal et al.'s ResNet-50 design): the nine tiles go through the stage's blocks as one siamese
+batch (shared weights); each tile's features are pooled and embedded by the same layers; the embeddings
+are concatenated in tile order and only the final classifier sees them together.
+"""
+
+import itertools
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from psl_keras.tasks.base import Task
+from psl_keras.tasks.rotation import resize_shorter_side
+
+GRID = 3
+NUM_TILES = GRID * GRID
+DEFAULT_SET_SIZES = (500, 1000, 2000)
+
+
+def all_permutations():
+    """The 9! orderings of the tiles, as uint8 [362880, 9] in lexicographic order."""
+    return np.array(list(itertools.permutations(range(NUM_TILES))), dtype=np.uint8)
+
+
+def maximal_hamming_permutations(count, seed=0, candidates=None):
+    """`count` permutations chosen greedily for maximal minimum Hamming distance (vectorised, seconds)."""
+    candidates = all_permutations() if candidates is None else candidates
+    if not 1 <= count <= len(candidates):
+        raise ValueError(f"Cannot choose {count} permutations out of {len(candidates)}.")
+    # matches[j, v, k] is 1 where candidate k puts tile v at position j: the distance of every candidate
+    # to a permutation q is then 9 - sum_j matches[j, q[j]], nine vector additions instead of a 9!x9 compare.
+    matches = np.stack([np.stack([candidates[:, j] == v for v in range(NUM_TILES)]) for j in range(NUM_TILES)])
+    matches = matches.astype(np.int8)
+    rng = np.random.default_rng(seed)
+    chosen = np.empty(count, dtype=np.int64)
+    chosen[0] = rng.integers(len(candidates))
+    min_distance = np.full(len(candidates), NUM_TILES + 1, dtype=np.int8)
+    total_distance = np.zeros(len(candidates), dtype=np.int32)
+    for i in range(count):
+        if i:
+            best = np.flatnonzero(min_distance == min_distance.max())
+            best = best[total_distance[best] == total_distance[best].max()]
+            chosen[i] = best[rng.integers(len(best))]
+        q = candidates[chosen[i]]
+        same = matches[0, q[0]].copy()
+        for j in range(1, NUM_TILES):
+            same += matches[j, q[j]]
+        distance = NUM_TILES - same
+        np.minimum(min_distance, distance, out=min_distance)
+        total_distance += distance
+        min_distance[chosen[i]] = -1  # never choose a permutation twice
+    return candidates[chosen]
+
+
+def hamming_stats(permutations):
+    """(minimum, mean) pairwise Hamming distance of a permutation set."""
+    p = np.asarray(permutations)
+    distances = (p[:, None, :] != p[None, :, :]).sum(-1)
+    upper = distances[np.triu_indices(len(p), k=1)]
+    return int(upper.min()), float(upper.mean())
+
+
+def cache_dir():
+    return os.environ.get("PSL_KERAS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "psl_keras"))
+
+
+def permutation_set(size, seed=0, directory=None):
+    """The first `size` maximal-Hamming permutations for `seed`, generated once and cached as .npy."""
+    directory = directory or cache_dir()
+    path = os.path.join(directory, f"jigsaw_permutations_{size}_seed{seed}.npy")
+    if os.path.exists(path):
+        try:
+            permutations = np.load(path)
+            if permutations.shape == (size, NUM_TILES):
+                return permutations
+        except (OSError, ValueError):
+            pass  # a damaged cache file is regenerated below
+    permutations = maximal_hamming_permutations(size, seed)
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, permutations)
+    os.replace(tmp, path)
+    return permutations
+
+
+def cut_tiles(crop, cell, tile, offsets):
+    """Cuts a [3*cell, 3*cell, C] crop into nine [tile, tile, C] tiles, row by row.
+
+    `offsets` [9, 2] int32 are each tile's (y, x) position inside its cell, in [0, cell - tile].
+    """
+    tiles = []
+    for index in range(NUM_TILES):
+        row, col = divmod(index, GRID)
+        y = row * cell + offsets[index, 0]
+        x = col * cell + offsets[index, 1]
+        tiles.append(crop[y:y + tile, x:x + tile])
+    return tf.stack(tiles)
+
+
+def assemble_tiles(tiles):
+    """The inverse of `cut_tiles` for tiles that fill their cells: nine tiles, row by row, -> one image."""
+    tiles = np.asarray(tiles)
+    rows = [np.concatenate(list(tiles[r * GRID:(r + 1) * GRID]), axis=1) for r in range(GRID)]
+    return np.concatenate(rows, axis=0)
+
+
+def normalize_tile(tiles, eps=1e-3):
+    """Per-tile, per-channel standardisation, mapped back to the [0, 1]-image range the backbone expects.
+
+    Each tile gets the same mean (0.45) and spread (0.225): brightness and contrast differences between
+    tiles, a low-level cue to their position, are removed.
+    """
+    mean, variance = tf.nn.moments(tiles, axes=[1, 2], keepdims=True)
+    return (tiles - mean) / tf.sqrt(variance + eps) * 0.225 + 0.45
+
+
+class JigsawTask(Task):
+    """Predict which permutation of the level's set reordered the nine tiles."""
+
+    name = "jigsaw"
+    OPTIONS = {
+        "set_sizes": ("500,1000,2000", "Sizes of the nested permutation sets C1,C2,C3."),
+        "permutation_seed": (0, "Seed of the permutation-set generation."),
+        "crop_size": (0, "Side of the 3x3 puzzle crop (0: 225 at 224 px; 3*image_size at <=64 px)."),
+        "tile_size": (0, "Side of each tile (0: cell*64/75)."),
+        "tile_color_jitter": (0.0, "Per-tile random colour shift, +- this much per channel."),
+        "tile_grayscale": (0.0, "Probability of turning a tile grey."),
+        "tile_embedding": (0, "Per-tile embedding width in the head (0: head_hidden)."),
+    }
+
+    def __init__(self, image_size, head_hidden=256, sync_bn=False, set_sizes=DEFAULT_SET_SIZES,
+                 permutation_seed=0, resize_shorter=None, crop_size=None, tile_size=None,
+                 tile_color_jitter=0.0, tile_grayscale=0.0, tile_embedding=None):
+        super().__init__(image_size, head_hidden, sync_bn)
+        if isinstance(set_sizes, str):
+            set_sizes = set_sizes.split(",")
+        sizes = tuple(int(s) for s in set_sizes)
+        if len(sizes) != self.num_levels or list(sizes) != sorted(sizes) or sizes[0] < 2:
+            raise ValueError(f"Jigsaw set sizes must be {self.num_levels} increasing counts >= 2, got {sizes}.")
+        if sizes[-1] > math.factorial(NUM_TILES):
+            raise ValueError(f"At most 9! = {math.factorial(NUM_TILES)} permutations exist.")
+        self.set_sizes = sizes
+        self.permutation_seed = int(permutation_seed)
+        small = self.image_size <= 64
+        # Proportions of the paper's 256 -> 225 crop -> 75 cells -> 64 tiles, upsampled for small images.
+        crop = int(crop_size or (3 * self.image_size if small else round(self.image_size * 225 / 224)))
+        self.cell_size = crop // GRID
+        self.crop_size = self.cell_size * GRID
+        self.resize_shorter = int(resize_shorter or round(self.crop_size * 256 / 225))
+        self.tile_size = int(tile_size or round(self.cell_size * 64 / 75))
+        if not 0 < self.tile_size <= self.cell_size:
+            raise ValueError(f"tile_size must be in (0, cell={self.cell_size}], got {self.tile_size}.")
+        if self.resize_shorter < self.crop_size:
+            raise ValueError(f"resize_shorter ({self.resize_shorter}) must be >= crop ({self.crop_size}).")
+        self.tile_color_jitter = float(tile_color_jitter)
+        self.tile_grayscale = float(tile_grayscale)
+        self.tile_embedding = int(tile_embedding or head_hidden)
+        self._permutations = None
+
+    @property
+    def permutations(self):
+        """C3 as uint8 [|C3|, 9]; C_i is its first |C_i| rows."""
+        if self._permutations is None:
+            self._permutations = permutation_set(self.set_sizes[-1], self.permutation_seed)
+        return self._permutations
+
+    def level_permutations(self, level):
+        return self.permutations[: self.set_sizes[level - 1]]
+
+    def num_classes(self, level):
+        return self.set_sizes[level - 1]
+
+    def describe_level(self, level):
+        return f"jigsaw C{level}: {self.num_classes(level)} permutations"
+
+    # --- data -----------------------------------------------------------------------------------------
+    def grid_tiles(self, image, seed):
+        """Random crop, flip and tile positions of one float image -> tiles [9, t, t, 3] in grid order."""
+        crop_seed, flip_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        image = resize_shorter_side(image, self.resize_shorter)
+        crop = tf.image.stateless_random_crop(image, [self.crop_size, self.crop_size, 3], crop_seed)
+        crop = tf.image.stateless_random_flip_left_right(crop, flip_seed)
+        offsets = tf.random.stateless_uniform(
+            [NUM_TILES, 2], offset_seed, minval=0, maxval=self.cell_size - self.tile_size + 1, dtype=tf.int32
+        )
+        return cut_tiles(crop, self.cell_size, self.tile_size, offsets)
+
+    def _tile_augment(self, tiles, seed):
+        if self.tile_color_jitter:
+            jitter = tf.random.stateless_uniform(
+                [NUM_TILES, 1, 1, 3], seed, minval=-self.tile_color_jitter, maxval=self.tile_color_jitter
+            )
+            tiles = tiles + jitter
+        if self.tile_grayscale:
+            gray_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            gray = tf.random.stateless_uniform([NUM_TILES, 1, 1, 1], gray_seed) < self.tile_grayscale
+            tiles = tf.where(gray, tf.image.rgb_to_grayscale(tiles) * tf.ones([1, 1, 1, 3]), tiles)
+        return tiles
+
+    def preprocess(self, image, seed, level):
+        return self.make_puzzle(image, seed, level)
+
+    def make_puzzle(self, image, seed, level, normalize=True):
+        """(puzzle [9, t, t, 3], label) for one uint8 image; `normalize=False` keeps the raw tiles."""
+        tile_seed, label_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        image = tf.image.convert_image_dtype(image, tf.float32)
+        tiles = self.grid_tiles(image, tile_seed)
+        if normalize:
+            tiles = normalize_tile(self._tile_augment(tiles, augment_seed))
+        label = tf.random.stateless_uniform(
+            [], label_seed, minval=0, maxval=self.num_classes(level), dtype=tf.int32
+        )
+        permutation = tf.gather(tf.constant(self.level_permutations(level), tf.int32), label)
+        # Position i of the puzzle shows tile permutation[i] of the grid.
+        return tf.gather(tiles, permutation), label
+
+    def backbone_images(self, inputs):
+        """[B, 9, t, t, 3] puzzles -> [B*9, t, t, 3]: every tile through the same (siamese) network."""
+        shape = ops.shape(inputs)
+        return ops.reshape(inputs, (-1, shape[2], shape[3], shape[4]))
+
+    # --- network --------------------------------------------------------------------------------------
+    def build_head(self, level, feature_channels, name):
+        """Per-tile pool + shared embedding, then the nine embeddings concatenated into one classifier."""
+        features = keras.Input((None, None, feature_channels), name=f"{name}_features")
+        x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(features)
+        x = layers.Dense(self.tile_embedding, use_bias=False, name=f"{name}_tile_embedding")(x)
+        x = layers.BatchNormalization(synchronized=self.sync_bn, name=f"{name}_tile_bn")(x)
+        x = layers.Activation("relu", name=f"{name}_tile_relu")(x)
+        # [B*9, E] -> [B, 9*E]: tile i of every puzzle lands in slot i of its row.
+        x = ops.reshape(x, (-1, NUM_TILES * self.tile_embedding))
+        logits = layers.Dense(self.num_classes(level), dtype="float32", name=f"{name}_logits")(x)
+        return keras.Model(features, logits, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            set_sizes=list(self.set_sizes), permutation_seed=self.permutation_seed,
+            resize_shorter=self.resize_shorter, crop_size=self.crop_size, cell_size=self.cell_size,
+            tile_size=self.tile_size, tile_color_jitter=self.tile_color_jitter,
+            tile_grayscale=self.tile_grayscale, tile_embedding=self.tile_embedding,
+        )
+        return config
+
+
+def time_set_generation(size=2000, seed=0):
+    """Seconds to generate a set of `size` (no cache), for the benchmark."""
+    start = time.perf_counter()
+    maximal_hamming_permutations(size, seed)
+    return time.perf_counter() - start
