@@ -1,14 +1,141 @@
-"""Evaluate trained backbones with the paper's protocols (linear probes on B1..B5, kNN, semi-supervised,
-transfer). Not implemented yet: it arrives with the evaluation issue; this entry point says so clearly."""
+"""Evaluate trained backbones with the paper's protocols and put runs side by side.
 
+  python evaluate.py --probe all-blocks --runs runs/rot_e2e,runs/rot_psl --data_dir ../shared/tfds
+  python evaluate.py --probe knn --runs runs/rot_psl --k 200 --temperature 0.07
+  python evaluate.py --probe semi --label_fraction 0.01,0.1 --runs runs/rot_psl
+  python evaluate.py --probe transfer --dataset voc2007 --runs runs/rot_psl
+
+Each call writes results.md / results.json, a CSV and a PNG per table into --output_dir.
+"""
+
+import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-def main():
-    print("evaluate.py: not yet implemented. Trained backbones are in <run>/backbone.keras "
-          "(load with keras.saving.load_model(path, safe_mode=True); outputs B1..B5).", file=sys.stderr)
-    return 2
+from absl import app, flags, logging  # noqa: E402
+
+from psl_keras.backbones import BLOCK_NAMES  # noqa: E402
+
+FLAGS = flags.FLAGS
+PROBES = ["all-blocks", "knn", "semi", "transfer"]
+
+flags.DEFINE_enum("probe", "all-blocks", PROBES, "Evaluation protocol.")
+flags.DEFINE_string("runs", None, "Run directories (or .keras files), comma-separated; NAME=PATH names a row.")
+flags.DEFINE_string("dataset", "cifar10", "TFDS dataset (or folder:PATH); for transfer, the target dataset.")
+flags.DEFINE_string("data_dir", "", "TFDS data directory.")
+flags.DEFINE_string("train_split", "train", "Split the probes train on (and the kNN bank).")
+flags.DEFINE_string("eval_split", "test", "Split the probes are scored on.")
+flags.DEFINE_string("output_dir", "eval", "Where tables and plots are written.")
+flags.DEFINE_integer("epochs", 10, "Probe / fine-tuning epochs.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch (0: full passes), for smoke runs.")
+flags.DEFINE_integer("batch_size", 256, "Global batch size.")
+flags.DEFINE_integer("seed", 0, "Seed of every random choice (augmentation, subsets).")
+flags.DEFINE_float("lr", 0.1, "Learning rate (probes: of the linear heads; semi: of the whole network).")
+flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on kernels.")
+flags.DEFINE_enum("schedule", "step", ["step", "cosine", "constant"], "Learning-rate schedule.")
+flags.DEFINE_string("schedule_pattern", "2,1,1", "Step schedule segments (x0.1 at each boundary).")
+flags.DEFINE_string("blocks", ",".join(BLOCK_NAMES), "Blocks to probe.")
+flags.DEFINE_integer("k", 200, "kNN: neighbours.")
+flags.DEFINE_float("temperature", 0.07, "kNN: temperature of the vote weights exp(sim / T).")
+flags.DEFINE_integer("knn_train_examples", 0, "kNN: size of the bank from --train_split (0: all of it).")
+flags.DEFINE_string("label_fraction", "0.01,0.1", "semi: labelled fractions, comma-separated.")
+flags.DEFINE_string("label_ids_file", "", "semi: file of example ids (one per line) instead of a fraction.")
+flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy.")
+flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices.")
+
+
+def _config():
+    from psl_keras.evaluation.protocols import EvalConfig
+    from psl_keras.errors import PSLError
+
+    blocks = tuple(b.strip() for b in FLAGS.blocks.split(",") if b.strip())
+    unknown = [b for b in blocks if b not in BLOCK_NAMES]
+    if unknown or not blocks:
+        raise PSLError(f"--blocks: {', '.join(unknown) or 'none given'}; choose from {', '.join(BLOCK_NAMES)}.")
+    if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
+        raise PSLError("--epochs and --batch_size must be positive.")
+    return EvalConfig(
+        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
+        eval_split=FLAGS.eval_split, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+        batch_size=FLAGS.batch_size, seed=FLAGS.seed, lr=FLAGS.lr, weight_decay=FLAGS.weight_decay,
+        schedule=FLAGS.schedule, schedule_pattern=FLAGS.schedule_pattern, blocks=blocks, k=FLAGS.k,
+        temperature=FLAGS.temperature, knn_train_examples=FLAGS.knn_train_examples,
+        label_ids_file=FLAGS.label_ids_file,
+    )
+
+
+def run_evaluation():
+    import keras
+
+    from psl_keras import distribute
+    from psl_keras.errors import PSLError
+    from psl_keras.evaluation import protocols, report
+    from psl_keras.evaluation.runs import parse_runs
+
+    if not FLAGS.runs:
+        raise PSLError("--runs is required: one or more run directories written by train.py.")
+    runs = parse_runs(FLAGS.runs)
+    config = _config()
+    strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
+    keras.utils.set_random_seed(config.seed)
+    sources = protocols.load_sources(config)
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    settings.update(probe=FLAGS.probe, strategy=FLAGS.strategy)
+    dataset = f"{config.dataset} {config.eval_split}"
+    tables = {}
+    if FLAGS.probe in ("all-blocks", "transfer"):
+        rows = []
+        for run in runs:
+            result = protocols.all_blocks(run, config, strategy, sources)
+            rows.append({"run": run.name, **{b: result.get(b) for b in config.blocks}})
+            settings.setdefault("pooling", result["geometry"])
+        metric = "mAP" if sources[0].multi_label else "top-1"
+        name = "transfer" if FLAGS.probe == "transfer" else "linear"
+        title = f"{'Transfer: ' if name == 'transfer' else ''}linear probe {metric} (%) by block, {dataset}"
+        tables[name] = {"title": title, "rows": rows, "columns": list(config.blocks)}
+    elif FLAGS.probe == "knn":
+        rows = [{"run": run.name, **protocols.knn(run, config, sources)} for run in runs]
+        title = f"kNN top-1 (%) by block, k={config.k}, T={config.temperature}, {dataset}"
+        tables["knn"] = {"title": title, "rows": rows, "columns": list(config.blocks)}
+    else:  # semi
+        try:
+            fractions = [float(f) for f in FLAGS.label_fraction.split(",") if f.strip()]
+        except ValueError:
+            raise PSLError(f"--label_fraction={FLAGS.label_fraction!r}: expected numbers like 0.01,0.1.") from None
+        if not fractions or not all(0 < f <= 1 for f in fractions):
+            raise PSLError("--label_fraction values must be in (0, 1].")
+        rows = []
+        for run in runs:
+            row = {"run": run.name}
+            for fraction in fractions:
+                result = protocols.semi(run, config, strategy, fraction, sources)
+                row[f"top1@{fraction:g}"] = result["top1"]
+                row[f"top5@{fraction:g}"] = result["top5"]
+            rows.append(row)
+        columns = [f"{m}@{f:g}" for f in fractions for m in ("top1", "top5")]
+        tables["semi"] = {"title": f"Semi-supervised fine-tuning (%), {dataset}", "rows": rows,
+                          "columns": columns, "plot": False}
+    paths = report.write_report(FLAGS.output_dir, tables, settings)
+    with open(paths["results.md"]) as f:
+        print(f.read())
+    print(f"Written: {', '.join(sorted(paths.values()))}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    from psl_keras.errors import PSLError
+
+    try:
+        run_evaluation()
+    except PSLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

@@ -23,7 +23,7 @@ from psl_keras.tasks import build_task, jigsaw  # noqa: E402
 
 def pipeline_throughput(source, task, batch_size, batches, level=3):
     pipeline = data.training_pipeline(
-        source, lambda image, seed: task.preprocess(image, seed, level), batch_size, seed=0
+        source, lambda image, label, seed: task.preprocess(image, seed, level), batch_size, seed=0
     )
     iterator = iter(pipeline)
     next(iterator)  # warm-up: tracing and the first fills

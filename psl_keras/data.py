@@ -35,6 +35,7 @@ class ImageSource:
     image_shape: tuple = None  # (H, W, 3) when every image has the same shape, else None
     dataset: tf.data.Dataset = None
     arrays: tuple = None
+    multi_label: bool = False  # labels are multi-hot [num_classes] vectors (e.g. VOC2007's "labels")
 
     @classmethod
     def from_arrays(cls, name, images, labels=None, num_classes=None, split="train"):
@@ -50,6 +51,22 @@ class ImageSource:
         if self.arrays is not None:
             return tf.data.Dataset.from_tensor_slices(self.arrays)
         return self.dataset
+
+    def head(self, count):
+        """The first `count` examples (all of them if `count` is 0 or larger than the source)."""
+        if not count or count >= self.num_examples:
+            return self
+        if self.arrays is not None:
+            arrays = tuple(a[:count] for a in self.arrays)
+            return dataclasses.replace(self, arrays=arrays, num_examples=count)
+        return dataclasses.replace(self, dataset=self.dataset.take(count), num_examples=count)
+
+    def subset(self, indices):
+        """An in-memory source of the examples at `indices` (in that order)."""
+        images, labels = self.in_memory().arrays
+        indices = np.asarray(indices)
+        return dataclasses.replace(self, dataset=None, arrays=(images[indices], labels[indices]),
+                                   num_examples=len(indices))
 
     def in_memory(self):
         """This source with its examples decoded into memory (a no-op if they already are)."""
@@ -112,8 +129,16 @@ def _load_tfds(name, data_dir, split):
     )
     if image_key is None:
         raise PSLError(f"Dataset {name!r} has no image feature; psl-keras trains on image datasets.")
-    label_feature = features["label"] if "label" in features else None
-    num_classes = getattr(label_feature, "num_classes", 0) or 0
+    multi_label = (
+        "label" not in features
+        and "labels" in features
+        and isinstance(features["labels"], tfds.features.Sequence)
+        and isinstance(features["labels"].feature, tfds.features.ClassLabel)
+    )
+    if multi_label:
+        num_classes = features["labels"].feature.num_classes
+    else:
+        num_classes = getattr(features["label"] if "label" in features else None, "num_classes", 0) or 0
     image_shape = tuple(features[image_key].shape)
     if None in image_shape or image_shape[-1] not in (1, 3):
         image_shape = None
@@ -122,13 +147,17 @@ def _load_tfds(name, data_dir, split):
     def to_pair(example):
         image = example[image_key]
         image = tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+        if multi_label:  # a set of class ids -> a multi-hot vector
+            hot = tf.one_hot(tf.cast(example["labels"], tf.int32), num_classes, dtype=tf.int64)
+            return image, tf.reduce_max(tf.concat([hot, tf.zeros([1, num_classes], tf.int64)], 0), axis=0)
         label = tf.cast(example["label"], tf.int64) if has_label else tf.constant(-1, tf.int64)
         return image, label
 
     data = builder.as_dataset(split=split, shuffle_files=False)
     data = data.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
     num_examples = splits[split].num_examples
-    source = ImageSource(name, split, num_examples, num_classes, image_shape, dataset=data)
+    source = ImageSource(name, split, num_examples, num_classes, image_shape, dataset=data,
+                         multi_label=multi_label)
     if image_shape is not None:
         source.image_shape = image_shape[:2] + (3,)
         if num_examples * int(np.prod(source.image_shape)) <= IN_MEMORY_BYTES:
@@ -176,7 +205,7 @@ def _load_folder(root, split):
 def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000):
     """Shards, shuffles, preprocesses and batches a source for one epoch.
 
-    `preprocess(image, example_seed)` returns the task's (inputs, label). `seed` fixes the shuffle order
+    `preprocess(image, label, example_seed)` returns (inputs, target). `seed` fixes the shuffle order
     and every per-example random choice, so the same seed gives the same epoch. With an `input_context`
     (from `strategy.distribute_datasets_from_function`) each input pipeline reads its own shard and
     batches at the per-replica batch size.
@@ -197,11 +226,24 @@ def training_pipeline(source, preprocess, global_batch_size, seed, input_context
     data = data.enumerate()
 
     def apply(index, pair):
-        image, _ = pair
+        image, label = pair
         # Shards enumerate from 0, so the pipeline id keeps their example seeds apart.
         example_seed = tf.stack([tf.constant(seed * 1_000_003 + pipeline_id, tf.int64), index])
-        return preprocess(image, example_seed)
+        return preprocess(image, label, example_seed)
 
     data = data.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     data = data.batch(batch_size, drop_remainder=True)
     return data.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(source, view, global_batch_size, input_context=None):
+    """Every example once, in stored order: `view(image)` -> model input, batched (last batch partial)."""
+    batch_size, pipeline_id, num_pipelines = global_batch_size, 0, 1
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        pipeline_id, num_pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
+    data = source.as_dataset()
+    if num_pipelines > 1:
+        data = data.shard(num_pipelines, pipeline_id)
+    data = data.map(lambda image, label: (view(image), label), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)

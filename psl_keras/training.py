@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from psl_keras import data as data_lib
-from psl_keras import distribute, optim, stages
+from psl_keras import distribute, loop, optim, stages
 from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.callbacks import RunCSVLogger
 from psl_keras.config import TrainConfig
@@ -212,26 +212,14 @@ class Trainer:
         return model
 
     def _distributed_dataset(self, stage, epoch):
-        preprocess = lambda image, seed: self.task.preprocess(image, seed, stage.level)  # noqa: E731
+        preprocess = lambda image, _label, seed: self.task.preprocess(image, seed, stage.level)  # noqa: E731
         seed = derived_seed(self.config.seed, DATA_SEED, stage.index, epoch)
-        return self.strategy.distribute_datasets_from_function(
+        return loop.distributed_dataset(
+            self.strategy,
             lambda ctx: data_lib.training_pipeline(
                 self.source, preprocess, self.config.batch_size, seed, ctx, self.config.shuffle_buffer
-            )
+            ),
         )
-
-    def _step_function(self, model):
-        replica_step = model.train_step
-        if self.config.jit_compile:
-            replica_step = tf.function(replica_step, jit_compile=True)
-        strategy = self.strategy
-
-        @tf.function
-        def distributed_step(batch):
-            outputs = strategy.run(replica_step, args=(batch,))
-            return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in outputs.items()}
-
-        return distributed_step
 
     def train(self):
         c = self.config
@@ -293,7 +281,7 @@ class Trainer:
             ) from None
 
     def _train_stage(self, stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch):
-        step = self._step_function(model)
+        step = loop.distributed_step(self.strategy, model.train_step, self.config.jit_compile)
         callbacks = self._callbacks(model)
         callbacks.on_train_begin()
         stage_start = time.time()

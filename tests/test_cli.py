@@ -5,21 +5,34 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, SHARED_TFDS, needs_cifar10
 
 
-def _train(*args, timeout=600):
-    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True,
+def _run(script, *args, timeout=600):
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
 
 
-@needs_cifar10
-def test_mirrored_smoke_run_on_cifar10(tmp_path):
-    out_dir = tmp_path / "run"
+def _train(*args, timeout=600):
+    return _run("train.py", *args, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar_run(tmp_path_factory):
+    """A tiny PSL rotation run on CIFAR-10 under a 2-replica MirroredStrategy (two logical CPUs)."""
+    out_dir = tmp_path_factory.mktemp("cli") / "run"
     result = _train("--task=rotation", "--strategy=mirrored", "--cpu_replicas=2", f"--data_dir={SHARED_TFDS}",
                     "--backbone=resnet18", "--width=0.125", "--batch_size=32", "--epochs_per_stage=1",
                     "--steps_per_epoch=3", f"--output_dir={out_dir}")
     assert result.returncode == 0, result.stderr[-4000:]
+    return out_dir
+
+
+@needs_cifar10
+def test_mirrored_smoke_run_on_cifar10(tiny_cifar_run):
+    out_dir = tiny_cifar_run
     with open(out_dir / "summary.json") as f:
         summary = json.load(f)
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
@@ -47,3 +60,34 @@ def test_bad_flag_values_are_clear_errors(tmp_path):
     assert result.returncode != 0 and "--mode" in result.stderr and "Traceback" not in result.stderr
     result = _train("--stage_windows=1-3,2-9", f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'r'}")
     assert result.returncode == 2 and "within B1..B5" in result.stderr
+
+
+@needs_cifar10
+def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
+    runs = f"first={tiny_cifar_run},second={tiny_cifar_run}"
+    result = _run("evaluate.py", "--probe=all-blocks", f"--runs={runs}", f"--data_dir={SHARED_TFDS}",
+                  "--epochs=1", "--steps_per_epoch=3", "--batch_size=64", f"--output_dir={tmp_path / 'lin'}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    with open(tmp_path / "lin" / "results.json") as f:
+        rows = json.load(f)["tables"]["linear"]["rows"]
+    assert [r["run"] for r in rows] == ["first", "second"]
+    assert all(0.0 <= r[b] <= 1.0 for r in rows for b in ("B1", "B2", "B3", "B4", "B5"))
+    assert (tmp_path / "lin" / "linear.png").exists() and (tmp_path / "lin" / "linear.csv").exists()
+    assert "| first |" in result.stdout and "| second |" in result.stdout
+
+    result = _run("evaluate.py", "--probe=knn", f"--runs={tiny_cifar_run}", f"--data_dir={SHARED_TFDS}",
+                  "--knn_train_examples=2000", "--k=20", f"--output_dir={tmp_path / 'knn'}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    with open(tmp_path / "knn" / "results.json") as f:
+        (row,) = json.load(f)["tables"]["knn"]["rows"]
+    assert all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
+
+
+def test_evaluate_bad_inputs_are_clear_errors(tmp_path):
+    result = _run("evaluate.py", f"--runs={tmp_path}", f"--data_dir={tmp_path}")
+    assert result.returncode == 2 and "not a finished psl-keras run" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "backbone.keras").write_bytes(b"x")
+    result = _run("evaluate.py", f"--runs={tmp_path / 'r'}", "--dataset=no_such_images", f"--data_dir={tmp_path}")
+    assert result.returncode == 2 and "Unknown TFDS dataset 'no_such_images'" in result.stderr

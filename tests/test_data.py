@@ -62,7 +62,7 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_training_pipeline_is_seeded_and_batched(synthetic_source):
-    def preprocess(image, seed):
+    def preprocess(image, label, seed):
         import tensorflow as tf
         noise = tf.random.stateless_uniform([], tf.cast(seed, tf.int64))
         return tf.cast(image, tf.float32) / 255.0 + noise, seed[1]

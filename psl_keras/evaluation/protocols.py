@@ -1,0 +1,250 @@
+"""The evaluation protocols as functions: each takes a Run and an EvalConfig and returns a result dict.
+
+  all_blocks  linear probes on B1..B5 of the frozen backbone (Tables 5/6)
+  knn         weighted kNN on pooled block features
+  semi        fine-tune the whole network on a class-balanced labelled subset (Table 7), top-1 and top-5
+  transfer    all-blocks linear probes on another dataset; mAP for multi-label data (Table 9)
+
+Training runs the same loop as train.py (strategy.run on a custom train_step), so it works under every
+strategy; the frozen forward happens once per batch for all five heads.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from psl_keras import data as data_lib
+from psl_keras import loop, optim
+from psl_keras.backbones import BLOCK_NAMES
+from psl_keras.errors import PSLError
+from psl_keras.evaluation import knn as knn_lib
+from psl_keras.evaluation.linear import AllBlocksProbe, mean_average_precision, top_k_correct
+from psl_keras.evaluation.preprocessing import center_view, train_view
+from psl_keras.evaluation.runs import check_resolution, load_backbone
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    dataset: str = "cifar10"
+    data_dir: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    epochs: int = 10
+    steps_per_epoch: int = 0  # cap; 0 = full passes
+    batch_size: int = 256
+    seed: int = 0
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    schedule_pattern: str = "2,1,1"
+    blocks: tuple = BLOCK_NAMES
+    k: int = 200
+    temperature: float = 0.07
+    knn_train_examples: int = 0  # 0 = the whole training split as the kNN bank
+    label_fraction: float = 0.01
+    label_ids_file: str = ""
+
+
+def load_sources(config, dataset=None):
+    name = dataset or config.dataset
+    train = data_lib.load_images(name, config.data_dir or None, config.train_split)
+    held_out = data_lib.load_images(name, config.data_dir or None, config.eval_split)
+    if not train.num_classes:
+        raise PSLError(f"{name} has no class labels; probes need a labelled dataset (--dataset).")
+    return train, held_out
+
+
+def _steps(config, source):
+    full = source.num_examples // config.batch_size
+    if full < 1:
+        raise PSLError(f"{source.name} {source.split} has {source.num_examples} examples, fewer than one "
+                       f"batch of --batch_size={config.batch_size}.")
+    return min(full, config.steps_per_epoch) if config.steps_per_epoch else full
+
+
+def _compile(model, config, steps_per_epoch):
+    schedule = optim.learning_rate_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs,
+                                            pattern=optim.parse_pattern(config.schedule_pattern))
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum))
+
+
+def evaluate(model, strategy, source, image_size, config):
+    """Runs `model.eval_step` over every example of `source` (center view); returns global sums or arrays."""
+    dataset = loop.distributed_dataset(strategy, lambda ctx: data_lib.eval_pipeline(
+        source, lambda image: center_view(image, image_size), config.batch_size, ctx))
+    gather = getattr(model, "multi_label", False)
+
+    @tf.function
+    def step(batch):
+        outputs = strategy.run(model.eval_step, args=(batch,))
+        if gather:
+            return {k: strategy.gather(v, axis=0) for k, v in outputs.items()}
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in outputs.items()}
+
+    totals = {}
+    for batch in dataset:
+        for k, v in step(batch).items():
+            v = v.numpy()
+            if gather:
+                totals.setdefault(k, []).append(v)
+            else:
+                totals[k] = totals.get(k, 0.0) + float(v)
+    if gather:
+        return {k: np.concatenate(v) for k, v in totals.items()}
+    return totals
+
+
+def fit(model, strategy, source, image_size, config, verbose=1, label=""):
+    """Trains `model.train_step` for config.epochs on (augmented view, label) batches of `source`."""
+    steps = _steps(config, source)
+    step = loop.distributed_step(strategy, model.train_step)
+    for epoch in range(config.epochs):
+        seed = int(np.random.SeedSequence([config.seed, 3, epoch]).generate_state(1)[0] >> 1)
+        dataset = loop.distributed_dataset(strategy, lambda ctx: data_lib.training_pipeline(
+            source, lambda image, label_, s: (train_view(image, s, image_size), label_), config.batch_size,
+            seed, ctx))
+        progbar = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=["loss", "best_train_acc"])
+        totals = {}
+        iterator = iter(dataset)
+        if verbose:
+            print(f"{label} epoch {epoch + 1}/{config.epochs}")
+        for i in range(steps):
+            sums = {k: float(v) for k, v in step(next(iterator)).items()}
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + v
+            count = totals["count"]
+            losses = [v / count for k, v in totals.items() if k.startswith("loss")]
+            accuracies = [v / count for k, v in totals.items() if k.startswith("correct")]
+            progbar.update(i + 1, [("loss", float(np.mean(losses))),
+                                   ("best_train_acc", max(accuracies) if accuracies else 0.0)])
+            if not np.isfinite(np.mean(losses)):
+                raise PSLError(f"{label}: the loss diverged ({np.mean(losses)}); lower --lr.")
+
+
+# --- protocols --------------------------------------------------------------------------------------
+
+
+def all_blocks(run, config, strategy, sources=None, verbose=1):
+    """Linear probe top-1 (or mAP) per block; returns {"B1": ..., ..., "geometry": ...}."""
+    train, held_out = sources or load_sources(config)
+    with strategy.scope():
+        backbone = load_backbone(run)
+        image_size = check_resolution(backbone, train, run.name)
+        model = AllBlocksProbe(backbone, image_size, train.num_classes, config.batch_size,
+                               config.weight_decay, config.blocks, multi_label=train.multi_label)
+        _compile(model, config, _steps(config, train))
+    fit(model, strategy, train, image_size, config, verbose, label=f"[{run.name}] linear probes")
+    totals = evaluate(model, strategy, held_out, image_size, config)
+    result = {"geometry": model.geometry, "metric": "mAP" if train.multi_label else "top1"}
+    for name in model.block_names:
+        if train.multi_label:
+            result[name] = mean_average_precision(totals["labels"], totals[f"scores_{name}"])
+        else:
+            result[name] = totals[f"top1_{name}"] / totals["count"]
+            result[f"{name}_top5"] = totals[f"top5_{name}"] / totals["count"]
+    return result
+
+
+def knn(run, config, sources=None, verbose=1):
+    """Weighted kNN accuracy per block (global-average-pooled, cosine)."""
+    train, held_out = sources or load_sources(config)
+    backbone = load_backbone(run)
+    image_size = check_resolution(backbone, train, run.name)
+    if verbose:
+        print(f"[{run.name}] kNN: features of {config.train_split} and {config.eval_split}")
+    bank, bank_labels = knn_lib.extract_features(backbone, train, image_size, config.blocks, config.batch_size,
+                                                 limit=config.knn_train_examples, verbose=verbose)
+    queries, query_labels = knn_lib.extract_features(backbone, held_out, image_size, config.blocks,
+                                                     config.batch_size, verbose=verbose)
+    classes = max(train.num_classes, held_out.num_classes)
+    return {b: knn_lib.knn_accuracy(bank[b], bank_labels, queries[b], query_labels, classes, config.k,
+                                    config.temperature) for b in config.blocks}
+
+
+def balanced_subset(labels, fraction, seed, num_classes=None):
+    """Indices of a class-balanced subset: round(fraction * N / classes) examples of every class."""
+    labels = np.asarray(labels)
+    num_classes = num_classes or int(labels.max()) + 1
+    per_class = max(1, int(round(fraction * len(labels) / num_classes)))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise PSLError(f"Class {c} has {len(members)} examples, fewer than the {per_class} that "
+                           f"--label_fraction={fraction} asks of every class.")
+        chosen.append(np.sort(rng.permutation(members)[:per_class]))
+    return np.sort(np.concatenate(chosen))
+
+
+class FineTuneClassifier(keras.Model):
+    """The whole backbone plus a new linear head on pooled B5, all trained (semi-supervised protocol)."""
+
+    def __init__(self, backbone, num_classes, global_batch_size, weight_decay=5e-4, **kwargs):
+        super().__init__(name=kwargs.pop("name", "fine_tune"), **kwargs)
+        self.backbone = backbone
+        self.pool = layers.GlobalAveragePooling2D()
+        self.classifier = layers.Dense(num_classes, dtype="float32")
+        self.num_classes = num_classes
+        self.global_batch_size = global_batch_size
+        self.weight_decay = weight_decay
+
+    def call(self, images, training=False):
+        return self.classifier(self.pool(self.backbone(images, training=training)["B5"]))
+
+    def train_step(self, data):
+        images, labels = data
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.backbone.trainable_variables + self.classifier.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            loss = ops.sum(per_example) / self.global_batch_size
+            kernels = [v for v in variables if len(v.shape) > 1]
+            loss += 0.5 * self.weight_decay * ops.sum([ops.sum(ops.square(v)) for v in kernels]) / replicas
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"count": ops.cast(ops.shape(images)[0], "float32"), "loss": ops.sum(per_example),
+                "correct": ops.sum(top_k_correct(labels, logits, 1))}
+
+    def eval_step(self, data):
+        images, labels = data
+        logits = self(images, training=False)
+        return {"count": ops.cast(ops.shape(images)[0], "float32"),
+                "top1": ops.sum(top_k_correct(labels, logits, 1)),
+                "top5": ops.sum(top_k_correct(labels, logits, min(5, self.num_classes)))}
+
+
+def read_label_ids(path):
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as err:
+        raise PSLError(f"--label_ids_file: cannot read {path} ({err}).") from None
+
+
+def semi(run, config, strategy, fraction, sources=None, verbose=1):
+    """Fine-tunes on a class-balanced `fraction` of the labelled training split; top-1 and top-5."""
+    train, held_out = sources or load_sources(config)
+    if train.multi_label:
+        raise PSLError("--probe semi needs a single-label dataset.")
+    train = train.in_memory()
+    indices = balanced_subset(train.arrays[1], fraction, config.seed, train.num_classes)
+    subset = train.subset(indices)
+    with strategy.scope():
+        backbone = load_backbone(run)
+        image_size = check_resolution(backbone, train, run.name)
+        backbone.trainable = True
+        model = FineTuneClassifier(backbone, train.num_classes, config.batch_size, config.weight_decay)
+        model(np.zeros((1, image_size, image_size, 3), "float32"))
+        sub_config = dataclasses.replace(config, batch_size=min(config.batch_size, len(indices)))
+        _compile(model, sub_config, _steps(sub_config, subset))
+    model.global_batch_size = sub_config.batch_size
+    fit(model, strategy, subset, image_size, sub_config, verbose,
+                 label=f"[{run.name}] fine-tune on {len(indices)} labels ({fraction:g})")
+    totals = evaluate(model, strategy, held_out, image_size, sub_config)
+    return {"fraction": fraction, "labelled_examples": int(len(indices)),
+            "top1": totals["top1"] / totals["count"], "top5": totals["top5"] / totals["count"]}

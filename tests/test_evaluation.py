@@ -1,0 +1,116 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from psl_keras.backbones import build_backbone
+from psl_keras.data import ImageSource
+from psl_keras.errors import PSLError
+from psl_keras.evaluation import knn as knn_lib
+from psl_keras.evaluation import protocols
+from psl_keras.evaluation.linear import block_shapes, mean_average_precision, pool_geometry
+from psl_keras.evaluation.report import write_report
+from psl_keras.evaluation.runs import find_run, parse_runs
+
+
+def test_pooling_gives_about_9k_dims_per_block():
+    backbone = build_backbone("resnet50", 224)
+    shapes = block_shapes(backbone, 224)
+    dims = [pool_geometry(s, c)[0] ** 2 * c for s, c in shapes.values()]
+    assert dims == [9216, 9216, 8192, 9216, 8192]  # the reference protocol's sizes
+    small = build_backbone("resnet18", 32, width=0.5)
+    for spatial, channels in block_shapes(small, 32).values():
+        side, kernel, stride = pool_geometry(spatial, channels)
+        assert (spatial - kernel) // stride + 1 == side  # the pooling really yields side x side
+        assert min(6000, spatial * spatial * channels) <= side * side * channels <= 12000
+
+
+def _save_tiny_backbone(tmp_path, name="run"):
+    keras.utils.set_random_seed(0)
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    build_backbone("resnet18", 32, width=0.125).save(str(run_dir / "backbone.keras"))
+    return find_run(str(run_dir))
+
+
+def _linear_dataset(count, seed):
+    """Label = which of two fixed random patterns the image leans towards: linear in the pixels."""
+    rng = np.random.default_rng(seed)
+    patterns = np.random.default_rng(99).normal(size=(2, 32, 32, 3))
+    labels = rng.integers(0, 2, count)
+    images = 128 + 25 * rng.normal(size=(count, 32, 32, 3)) + 40 * patterns[labels]
+    return ImageSource.from_arrays("linear", np.clip(images, 0, 255), labels, num_classes=2)
+
+
+def test_block1_probe_learns_a_linear_label(tmp_path):
+    run = _save_tiny_backbone(tmp_path)
+    config = protocols.EvalConfig(epochs=6, batch_size=64, lr=0.05, blocks=("B1", "B5"))
+    sources = (_linear_dataset(512, 0), _linear_dataset(256, 1))
+    result = protocols.all_blocks(run, config, tf.distribute.get_strategy(), sources, verbose=0)
+    assert result["B1"] > 0.9, result  # a probe that cannot learn is caught here
+    assert result["geometry"]["B1"]["dims"] == 32 * 32 * 8  # 8 channels: all 32x32 positions fit in 9216
+
+
+def test_knn_matches_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(300, 16))
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = rng.normal(size=(50, 16))
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    labels = rng.integers(0, 5, 300)
+    k, t = 20, 0.1
+    expected = []
+    for q in queries:
+        similarity = bank @ q
+        top = np.argsort(-similarity)[:k]
+        votes = np.zeros(5)
+        np.add.at(votes, labels[top], np.exp(similarity[top] / t))
+        expected.append(votes.argmax())
+    predicted = knn_lib.knn_predict(bank, labels, queries, 5, k=k, temperature=t, chunk=16)
+    np.testing.assert_array_equal(predicted, expected)
+
+
+def test_balanced_subset_is_exact_and_seeded():
+    labels = np.repeat(np.arange(10), 500)
+    a = protocols.balanced_subset(labels, 0.01, seed=0)
+    assert np.bincount(labels[a]).tolist() == [5] * 10
+    np.testing.assert_array_equal(a, protocols.balanced_subset(labels, 0.01, seed=0))
+    assert not np.array_equal(a, protocols.balanced_subset(labels, 0.01, seed=1))
+    with pytest.raises(PSLError, match="fewer than"):
+        protocols.balanced_subset(np.array([0, 0, 0, 1]), 1.0, seed=0)
+
+
+def test_mean_average_precision():
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    perfect = labels * 0.9 + 0.05
+    assert mean_average_precision(labels, perfect) == pytest.approx(1.0)
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.7], [0.2, 0.9]])
+    # class 0 ranked +,-,-,+ -> AP = (1/1 + 2/4) / 2; class 1 ranked -,+,+,- -> AP = (1/2 + 2/3) / 2
+    assert mean_average_precision(labels, scores) == pytest.approx(((1 + 2 / 4) / 2 + (1 / 2 + 2 / 3) / 2) / 2)
+
+
+def test_report_has_a_row_per_run(tmp_path):
+    rows = [{"run": "e2e", "B1": 0.2, "B5": 0.6}, {"run": "psl", "B1": 0.25, "B5": 0.55}]
+    paths = write_report(str(tmp_path), {"linear": {"title": "t", "rows": rows, "columns": ["B1", "B5"]}}, {})
+    text = open(paths["results.md"]).read()
+    assert "| e2e | 20.0 | **60.0** | B5 |" in text and "| psl | 25.0 | **55.0** | B5 |" in text
+    assert os.path.getsize(paths["linear.png"]) > 1000
+    assert open(paths["linear.csv"]).read().splitlines() == ["run,B1,B5", "e2e,0.2,0.6", "psl,0.25,0.55"]
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    with pytest.raises(PSLError, match="not a finished psl-keras run"):
+        find_run(str(tmp_path))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "backbone.keras").write_bytes(b"not a zip")
+    run = find_run(str(tmp_path / "broken"))
+    with pytest.raises(PSLError, match="Cannot load"):
+        protocols.knn(run, protocols.EvalConfig(), sources=(_linear_dataset(8, 0), _linear_dataset(8, 1)))
+    with pytest.raises(PSLError, match="both called"):
+        parse_runs(f"{tmp_path / 'broken'},{tmp_path / 'broken'}")
+    good = _save_tiny_backbone(tmp_path, "tiny")
+    big = ImageSource.from_arrays("photos", np.zeros((4, 224, 224, 3), np.uint8), [0, 1, 0, 1])
+    with pytest.raises(PSLError, match="takes 32x32 images but photos has 224x224"):
+        protocols.knn(good, protocols.EvalConfig(), sources=(big, big))
