@@ -106,6 +106,8 @@ def run_evaluation():
             raise PSLError(f"--label_fraction={FLAGS.label_fraction!r}: expected numbers like 0.01,0.1.") from None
         if not fractions or not all(0 < f <= 1 for f in fractions):
             raise PSLError("--label_fraction values must be in (0, 1].")
+        if config.label_ids_file:
+            fractions = fractions[:1]  # the ids file fixes the subset; one fine-tuning per run
         rows = []
         for run in runs:
             row = {"run": run.name}

@@ -55,6 +55,12 @@ flags.DEFINE_enum("strategy", _DEFAULTS.strategy,
 flags.DEFINE_integer("cpu_replicas", _DEFAULTS.cpu_replicas,
                      "Split the CPU into this many logical devices (multi-replica runs without GPUs).")
 flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Run directory.")
+flags.DEFINE_bool("knn_monitor", _DEFAULTS.knn_monitor,
+                  "Report kNN accuracy of the stage's last block on --knn_split after every epoch.")
+flags.DEFINE_string("knn_split", _DEFAULTS.knn_split, "Held-out split of the kNN monitor.")
+flags.DEFINE_integer("knn_k", _DEFAULTS.knn_k, "kNN monitor: neighbours.")
+flags.DEFINE_float("knn_temperature", _DEFAULTS.knn_temperature, "kNN monitor: vote temperature.")
+flags.DEFINE_integer("knn_bank_size", _DEFAULTS.knn_bank_size, "kNN monitor: training examples in the bank.")
 
 # Each task's own settings become --{task}_{option} flags, so a new task needs no edit here.
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}

@@ -39,6 +39,11 @@ class TrainConfig:
     strategy: str = "default"
     cpu_replicas: int = 0
     output_dir: str = "runs/psl"
+    knn_monitor: bool = False  # kNN accuracy on knn_split at the end of every epoch (chief only)
+    knn_split: str = "test"
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    knn_bank_size: int = 10_000  # training examples in the kNN bank (0: all)
 
     def to_dict(self):
         return dataclasses.asdict(self)

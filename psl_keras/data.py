@@ -36,6 +36,22 @@ class ImageSource:
     dataset: tf.data.Dataset = None
     arrays: tuple = None
     multi_label: bool = False  # labels are multi-hot [num_classes] vectors (e.g. VOC2007's "labels")
+    ids: object = None  # np.ndarray of example ids (str), or a callable that reads them, or None
+
+    def example_ids(self):
+        """Each example's id (TFDS `id`/`file_name`, or the file path of a folder source), in stored order."""
+        if callable(self.ids):
+            self.ids = self.ids()
+        if self.ids is None:
+            raise PSLError(f"{self.name} carries no example ids (no 'id' or 'file_name' feature).")
+        return self.ids
+
+    def labels(self):
+        """All labels in stored order, without decoding images where the source allows it."""
+        if self.arrays is not None:
+            return self.arrays[1]
+        return np.concatenate([b for b in self.dataset.map(lambda _, label: label).batch(4096)
+                               .as_numpy_iterator()])
 
     @classmethod
     def from_arrays(cls, name, images, labels=None, num_classes=None, split="train"):
@@ -62,11 +78,17 @@ class ImageSource:
         return dataclasses.replace(self, dataset=self.dataset.take(count), num_examples=count)
 
     def subset(self, indices):
-        """An in-memory source of the examples at `indices` (in that order)."""
-        images, labels = self.in_memory().arrays
-        indices = np.asarray(indices)
-        return dataclasses.replace(self, dataset=None, arrays=(images[indices], labels[indices]),
-                                   num_examples=len(indices))
+        """The examples at `indices`: sliced if in memory, else filtered from the stream (stored order)."""
+        indices = np.sort(np.asarray(indices, np.int64))
+        ids = self.ids[indices] if isinstance(self.ids, np.ndarray) else None
+        if self.arrays is not None:
+            images, labels = self.arrays
+            return dataclasses.replace(self, arrays=(images[indices], labels[indices]),
+                                       num_examples=len(indices), ids=ids)
+        keep = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(indices), tf.ones(len(indices), tf.bool)), False)
+        data = self.dataset.enumerate().filter(lambda i, pair: keep.lookup(i)).map(lambda i, pair: pair)
+        return dataclasses.replace(self, dataset=data, num_examples=len(indices), ids=ids)
 
     def in_memory(self):
         """This source with its examples decoded into memory (a no-op if they already are)."""
@@ -155,9 +177,19 @@ def _load_tfds(name, data_dir, split):
 
     data = builder.as_dataset(split=split, shuffle_files=False)
     data = data.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    id_key = next((k for k in ("id", "file_name", "image/filename") if k in features), None)
+
+    def read_ids():  # reads the id column alone: images are not decoded
+        if id_key is None:
+            return None
+        column = builder.as_dataset(split=split, shuffle_files=False,
+                                    decoders={image_key: tfds.decode.SkipDecoding()})
+        column = column.map(lambda example: example[id_key]).batch(8192)
+        return np.array([i.decode() for batch in column.as_numpy_iterator() for i in batch])
+
     num_examples = splits[split].num_examples
     source = ImageSource(name, split, num_examples, num_classes, image_shape, dataset=data,
-                         multi_label=multi_label)
+                         multi_label=multi_label, ids=read_ids)
     if image_shape is not None:
         source.image_shape = image_shape[:2] + (3,)
         if num_examples * int(np.prod(source.image_shape)) <= IN_MEMORY_BYTES:
@@ -199,7 +231,8 @@ def _load_folder(root, split):
     data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     # A corrupt file would otherwise stop a long run from deep inside tf.data: skip it with a warning.
     data = data.ignore_errors(log_warning=True)
-    return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data)
+    ids = np.array([os.path.relpath(f, root) for f in files])
+    return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data, ids=ids)
 
 
 def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000):

@@ -33,7 +33,8 @@ STATE_FILE = "state.json"
 SUMMARY_FILE = "summary.json"
 BACKBONE_FILE = "backbone.keras"
 # Settings that may change when a run is resumed; anything else must match the saved run.
-RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "steps_per_epoch"}
+RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "steps_per_epoch",
+                    "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size"}
 
 
 def write_json_atomic(path, payload):
@@ -76,10 +77,13 @@ class Trainer:
     Usage: `Trainer(config, strategy).train()` returns the summary dict (also written to summary.json).
     """
 
-    def __init__(self, config: TrainConfig, strategy=None, callbacks=(), resume=False, verbose=1, source=None):
-        """`source` (a `data.ImageSource`) replaces loading config.dataset, e.g. for synthetic data."""
+    def __init__(self, config: TrainConfig, strategy=None, callbacks=(), resume=False, verbose=1, source=None,
+                 knn_source=None):
+        """`source` / `knn_source` (`data.ImageSource`s) replace loading config.dataset's training split and
+        the kNN monitor's held-out split, e.g. for synthetic data."""
         self.config = config
         self._given_source = source
+        self._given_knn_source = knn_source
         self.strategy = strategy or tf.distribute.get_strategy()
         self.extra_callbacks = list(callbacks)
         self.resume = resume
@@ -175,8 +179,23 @@ class Trainer:
         # Every worker must take part in saving; only the chief's copy is kept.
         return os.path.join(self.output_dir, ".workers", f"worker_{distribute.worker_id(self.strategy)}")
 
+    def _knn_monitor(self):
+        """The kNN callback of --knn_monitor (built once; it must run before the loggers read the logs)."""
+        if not hasattr(self, "_knn"):
+            from psl_keras.evaluation.knn import KNNMonitor  # evaluation is optional for training
+
+            c = self.config
+            query = self._given_knn_source or data_lib.load_images(c.dataset, c.data_dir or None, c.knn_split)
+            if not self.source.num_classes or not query.num_classes:
+                raise PSLError(f"--knn_monitor needs class labels; {c.dataset} has none.")
+            self._knn = KNNMonitor(self.backbone, self.source, query, c.image_size, c.knn_k,
+                                   c.knn_temperature, bank_size=c.knn_bank_size, verbose=self.verbose)
+        return self._knn
+
     def _callbacks(self, stage_model):
         callbacks = list(self.extra_callbacks)
+        if self.chief and self.config.knn_monitor:
+            callbacks.insert(0, self._knn_monitor())
         if self.chief:
             callbacks += [
                 RunCSVLogger(os.path.join(self.output_dir, "log.csv")),
@@ -286,7 +305,7 @@ class Trainer:
         callbacks.on_train_begin()
         stage_start = time.time()
         images, busy_time = 0, 0.0
-        logs = {}
+        logs, knn_accuracy = {}, None
         for epoch in range(first_epoch, epochs):
             callbacks.on_epoch_begin(global_epoch)
             progbar = keras.utils.Progbar(
@@ -334,6 +353,8 @@ class Trainer:
                 write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
             callbacks.on_epoch_end(global_epoch, logs)
             global_epoch += 1
+            if self.chief and self.config.knn_monitor:
+                knn_accuracy = self._knn_monitor().last_accuracy
         callbacks.on_train_end(logs)
         return {
             "stage": stage.index,
@@ -347,6 +368,7 @@ class Trainer:
             "final_accuracy": logs.get("accuracy"),
             "wall_time_s": time.time() - stage_start,
             "images_per_sec": images / busy_time if busy_time else None,
+            "knn_accuracy": knn_accuracy,
         }
 
     def _summary(self, state, wall_time):

@@ -114,3 +114,21 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     big = ImageSource.from_arrays("photos", np.zeros((4, 224, 224, 3), np.uint8), [0, 1, 0, 1])
     with pytest.raises(PSLError, match="takes 32x32 images but photos has 224x224"):
         protocols.knn(good, protocols.EvalConfig(), sources=(big, big))
+
+
+def test_semi_fine_tunes_on_a_balanced_subset_or_an_ids_file(tmp_path):
+    run = _save_tiny_backbone(tmp_path)
+    train, held_out = _linear_dataset(64, 0), _linear_dataset(32, 1)
+    config = protocols.EvalConfig(epochs=2, batch_size=16, lr=0.01)
+    strategy = tf.distribute.get_strategy()
+    result = protocols.semi(run, config, strategy, 0.25, sources=(train, held_out), verbose=0)
+    assert result["labelled_examples"] == 16
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    train.ids = np.array([f"img_{i}" for i in range(64)])
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(f"img_{i}" for i in range(0, 64, 4)) + "\n")
+    config.label_ids_file = str(ids_file)
+    assert protocols.semi(run, config, strategy, 0.0, (train, held_out), verbose=0)["labelled_examples"] == 16
+    ids_file.write_text("img_1\nimg_999\n")
+    with pytest.raises(PSLError, match="1 of 2 ids are not in"):
+        protocols.semi(run, config, strategy, 0.0, (train, held_out), verbose=0)

@@ -97,3 +97,13 @@ def test_bad_settings_are_clear_errors(tmp_path, synthetic_source):
         Trainer(tiny_config(tmp_path, batch_size=128), source=synthetic_source, verbose=0).train()
     with pytest.raises(PSLError, match="Unknown task"):
         Trainer(tiny_config(tmp_path, task="colorize"), source=synthetic_source, verbose=0).train()
+
+
+def test_knn_monitor_reports_every_epoch(tmp_path, synthetic_source):
+    config = tiny_config(tmp_path, knn_monitor=True, knn_k=5)
+    trainer = Trainer(config, source=synthetic_source, knn_source=synthetic_source.head(32), verbose=0)
+    summary = trainer.train()
+    assert all(0.0 <= s["knn_accuracy"] <= 1.0 for s in summary["stages"])
+    with open(os.path.join(config.output_dir, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(0.0 <= float(r["knn_accuracy"]) <= 1.0 for r in rows)

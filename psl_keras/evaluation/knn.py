@@ -73,6 +73,7 @@ class KNNMonitor(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.verbose = verbose
         self.num_classes = max(bank_source.num_classes, query_source.num_classes)
+        self.last_accuracy = None
 
     def on_epoch_end(self, epoch, logs=None):
         block = self.block or f"B{getattr(getattr(self.model, 'stage', None), 'last_block', 5)}"
@@ -82,6 +83,7 @@ class KNNMonitor(keras.callbacks.Callback):
                                                  self.batch_size)
         accuracy = knn_accuracy(bank[block], bank_labels, queries[block], query_labels, self.num_classes,
                                 self.k, self.temperature)
+        self.last_accuracy = accuracy
         if logs is not None:
             logs["knn_accuracy"] = accuracy
         if self.verbose:

@@ -231,8 +231,16 @@ def semi(run, config, strategy, fraction, sources=None, verbose=1):
     train, held_out = sources or load_sources(config)
     if train.multi_label:
         raise PSLError("--probe semi needs a single-label dataset.")
-    train = train.in_memory()
-    indices = balanced_subset(train.arrays[1], fraction, config.seed, train.num_classes)
+    if config.label_ids_file:
+        wanted = read_label_ids(config.label_ids_file)
+        ids = train.example_ids()
+        indices = np.flatnonzero(np.isin(ids, wanted))
+        missing = sorted(set(wanted) - set(ids[indices].tolist()))
+        if missing:
+            raise PSLError(f"--label_ids_file: {len(missing)} of {len(wanted)} ids are not in {train.name} "
+                           f"{train.split} (e.g. {', '.join(missing[:3])}).")
+    else:
+        indices = balanced_subset(train.labels(), fraction, config.seed, train.num_classes)
     subset = train.subset(indices)
     with strategy.scope():
         backbone = load_backbone(run)
@@ -246,5 +254,5 @@ def semi(run, config, strategy, fraction, sources=None, verbose=1):
     fit(model, strategy, subset, image_size, sub_config, verbose,
                  label=f"[{run.name}] fine-tune on {len(indices)} labels ({fraction:g})")
     totals = evaluate(model, strategy, held_out, image_size, sub_config)
-    return {"fraction": fraction, "labelled_examples": int(len(indices)),
+    return {"fraction": fraction if not config.label_ids_file else None, "labelled_examples": int(len(indices)),
             "top1": totals["top1"] / totals["count"], "top5": totals["top5"] / totals["count"]}
