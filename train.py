@@ -55,6 +55,8 @@ flags.DEFINE_enum("strategy", _DEFAULTS.strategy,
 flags.DEFINE_integer("cpu_replicas", _DEFAULTS.cpu_replicas,
                      "Split the CPU into this many logical devices (multi-replica runs without GPUs).")
 flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Run directory.")
+flags.DEFINE_integer("checkpoint_every_steps", _DEFAULTS.checkpoint_every_steps,
+                     "Also checkpoint every N steps inside an epoch (0: at epoch ends only).")
 flags.DEFINE_bool("knn_monitor", _DEFAULTS.knn_monitor,
                   "Report kNN accuracy of the stage's last block on --knn_split after every epoch.")
 flags.DEFINE_string("knn_split", _DEFAULTS.knn_split, "Held-out split of the kNN monitor.")

@@ -39,6 +39,7 @@ class TrainConfig:
     strategy: str = "default"
     cpu_replicas: int = 0
     output_dir: str = "runs/psl"
+    checkpoint_every_steps: int = 0  # also checkpoint inside epochs (0: at epoch ends only)
     knn_monitor: bool = False  # kNN accuracy on knn_split at the end of every epoch (chief only)
     knn_split: str = "test"
     knn_k: int = 200

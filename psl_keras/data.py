@@ -235,13 +235,15 @@ def _load_folder(root, split):
     return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data, ids=ids)
 
 
-def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000):
+def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000,
+                      skip_steps=0):
     """Shards, shuffles, preprocesses and batches a source for one epoch.
 
     `preprocess(image, label, example_seed)` returns (inputs, target). `seed` fixes the shuffle order
     and every per-example random choice, so the same seed gives the same epoch. With an `input_context`
     (from `strategy.distribute_datasets_from_function`) each input pipeline reads its own shard and
-    batches at the per-replica batch size.
+    batches at the per-replica batch size. `skip_steps` drops the examples of that many global steps (cheaply,
+    before preprocessing), so a run resumed mid-epoch sees exactly the batches it had not yet seen.
     """
     batch_size, pipeline_id, num_pipelines = global_batch_size, 0, 1
     if input_context is not None:
@@ -257,6 +259,8 @@ def training_pipeline(source, preprocess, global_batch_size, seed, input_context
             data = data.shard(num_pipelines, pipeline_id)
         data = data.shuffle(min(shuffle_buffer, source.num_examples), seed=seed, reshuffle_each_iteration=False)
     data = data.enumerate()
+    if skip_steps:
+        data = data.skip(skip_steps * (global_batch_size // num_pipelines))
 
     def apply(index, pair):
         image, label = pair

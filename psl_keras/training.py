@@ -33,7 +33,7 @@ STATE_FILE = "state.json"
 SUMMARY_FILE = "summary.json"
 BACKBONE_FILE = "backbone.keras"
 # Settings that may change when a run is resumed; anything else must match the saved run.
-RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "steps_per_epoch",
+RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "checkpoint_every_steps",
                     "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size"}
 
 
@@ -230,13 +230,13 @@ class Trainer:
             model.optimizer.build(model.stage_variables)
         return model
 
-    def _distributed_dataset(self, stage, epoch):
+    def _distributed_dataset(self, stage, epoch, skip_steps=0):
         preprocess = lambda image, _label, seed: self.task.preprocess(image, seed, stage.level)  # noqa: E731
         seed = derived_seed(self.config.seed, DATA_SEED, stage.index, epoch)
         return loop.distributed_dataset(
             self.strategy,
             lambda ctx: data_lib.training_pipeline(
-                self.source, preprocess, self.config.batch_size, seed, ctx, self.config.shuffle_buffer
+                self.source, preprocess, self.config.batch_size, seed, ctx, self.config.shuffle_buffer, skip_steps
             ),
         )
 
@@ -246,7 +246,9 @@ class Trainer:
         if self.chief:
             os.makedirs(self.output_dir, exist_ok=True)
         self._build()
-        state = state or {"config": c.to_dict(), "stage": 1, "epoch": 0, "checkpoint": None, "stages": []}
+        state = state or {"config": c.to_dict(), "stage": 1, "epoch": 0, "step": 0, "totals": None,
+                          "checkpoint": None, "stages": []}
+        state.setdefault("step", 0)
         state["config"] = c.to_dict()
         steps_per_epoch = self._steps_per_epoch()
         epochs = stage_epochs(c)
@@ -263,11 +265,12 @@ class Trainer:
             model = self._stage_model(stage, steps_per_epoch, epochs)
             checkpoint = tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer)
             manager = tf.train.CheckpointManager(checkpoint, self._checkpoint_dir(), max_to_keep=2)
-            first_epoch = state["epoch"] if stage.index == state["stage"] else 0
-            if first_epoch:
+            resuming = stage.index == state["stage"] and (state["epoch"] or state["step"])
+            first_epoch = state["epoch"] if resuming else 0
+            if resuming:
                 checkpoint.restore(state["checkpoint"]).expect_partial()
             else:
-                state.update(stage=stage.index, epoch=0)
+                state.update(stage=stage.index, epoch=0, step=0, totals=None)
             if self.verbose:
                 print(f"\n{stage.describe()} ({self.task.describe_level(stage.level)}), "
                       f"{epochs} epochs x {steps_per_epoch} steps, batch {c.batch_size}, "
@@ -299,6 +302,20 @@ class Trainer:
                 f"written by another configuration; start a new --output_dir."
             ) from None
 
+    def _save_progress(self, manager, state, stage, epoch, step, totals):
+        """Checkpoint, then record in state.json that `epoch` epochs and `step` more steps of `stage` are done.
+
+        Interrupted in multi-worker training, workers cannot agree on a save, so there only the regular
+        checkpoints count.
+        """
+        if step and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return
+        path = manager.save()
+        state.update(stage=stage.index, epoch=epoch, step=step, totals=dict(totals) if totals else None,
+                     checkpoint=os.path.abspath(path))
+        if self.chief:
+            write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
+
     def _train_stage(self, stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch):
         step = loop.distributed_step(self.strategy, model.train_step, self.config.jit_compile)
         callbacks = self._callbacks(model)
@@ -311,16 +328,21 @@ class Trainer:
             progbar = keras.utils.Progbar(
                 steps_per_epoch, verbose=self.verbose, stateful_metrics=["loss", "accuracy", "lr"]
             )
-            dataset = self._distributed_dataset(stage, epoch)
-            totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-            iterator = iter(dataset)
-            for i in range(steps_per_epoch):
+            first_step = state["step"] if epoch == first_epoch else 0
+            totals = dict(state["totals"]) if first_step and state.get("totals") else {
+                "loss": 0.0, "correct": 0.0, "count": 0.0}
+            iterator = iter(self._distributed_dataset(stage, epoch, skip_steps=first_step))
+            for i in range(first_step, steps_per_epoch):
                 started = time.time()
                 try:
                     batch = next(iterator)
                 except StopIteration:
                     break
-                sums = {k: float(v) for k, v in step(batch).items()}
+                try:
+                    sums = {k: float(v) for k, v in step(batch).items()}
+                except KeyboardInterrupt:
+                    self._save_progress(manager, state, stage, epoch, i, totals)  # steps before i are kept
+                    raise
                 if i:  # the first step of an epoch includes tracing and pipeline warm-up
                     busy_time += time.time() - started
                     images += sums["count"]
@@ -339,6 +361,14 @@ class Trainer:
                         ("lr", optim.current_learning_rate(model.optimizer)),
                     ],
                 )
+                every = self.config.checkpoint_every_steps
+                if every and (i + 1) % every == 0 and i + 1 < steps_per_epoch:
+                    self._save_progress(manager, state, stage, epoch, i + 1, totals)
+                try:
+                    callbacks.on_train_batch_end(i, {k: v / max(sums["count"], 1) for k, v in sums.items()})
+                except KeyboardInterrupt:
+                    self._save_progress(manager, state, stage, epoch, i + 1, totals)
+                    raise
             logs = {
                 "stage": stage.index,
                 "stage_epoch": epoch + 1,
@@ -347,10 +377,7 @@ class Trainer:
                 "accuracy": totals["correct"] / max(totals["count"], 1),
                 "lr": optim.current_learning_rate(model.optimizer),
             }
-            path = manager.save()
-            if self.chief:
-                state.update(stage=stage.index, epoch=epoch + 1, checkpoint=os.path.abspath(path))
-                write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
+            self._save_progress(manager, state, stage, epoch + 1, 0, None)
             callbacks.on_epoch_end(global_epoch, logs)
             global_epoch += 1
             if self.chief and self.config.knn_monitor:

@@ -107,3 +107,31 @@ def test_knn_monitor_reports_every_epoch(tmp_path, synthetic_source):
     with open(os.path.join(config.output_dir, "log.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(0.0 <= float(r["knn_accuracy"]) <= 1.0 for r in rows)
+
+
+class _StopAtBatch(keras.callbacks.Callback):
+    def __init__(self, batches):
+        super().__init__()
+        self.remaining = batches
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.remaining -= 1
+        if self.remaining == 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_inside_an_epoch_loses_no_steps(tmp_path, synthetic_source):
+    straight = Trainer(tiny_config(tmp_path / "a", steps_per_epoch=4), source=synthetic_source, verbose=0)
+    straight.train()
+    config = tiny_config(tmp_path / "b", steps_per_epoch=4)
+    with pytest.raises(KeyboardInterrupt):  # after 4 steps of S1 and 2 of S2
+        Trainer(config, callbacks=[_StopAtBatch(6)], source=synthetic_source, verbose=0).train()
+    with open(os.path.join(config.output_dir, "state.json")) as f:
+        state = json.load(f)
+    assert (state["stage"], state["epoch"], state["step"]) == (2, 0, 2)
+    resumed = Trainer(config, resume=True, source=synthetic_source, verbose=0)
+    summary = resumed.train()
+    assert summary["stages"][1]["final_loss"] == pytest.approx(
+        json.load(open(os.path.join(tmp_path / "a" / "run", "summary.json")))["stages"][1]["final_loss"], rel=1e-5)
+    for a, b in zip(_weights(straight.backbone), _weights(resumed.backbone)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
