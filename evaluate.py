@@ -129,12 +129,21 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+
     from psl_keras.errors import PSLError
 
     try:
         run_evaluation()
     except PSLError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except tf.errors.ResourceExhaustedError:
+        print(f"error: out of memory at --batch_size={FLAGS.batch_size}; lower --batch_size.", file=sys.stderr)
+        return 2
+    except tf.errors.DataLossError as err:
+        print(f"error: the dataset files are damaged ({err.message.splitlines()[0]}). Prepare the dataset "
+              f"again in --data_dir.", file=sys.stderr)
         return 2
     return 0
 

@@ -89,6 +89,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep tf.distribute's per-step INFO lines off the progress bar
+    import tensorflow as tf
+
     from psl_keras import distribute
     from psl_keras.config import resolve_config
     from psl_keras.errors import PSLError
@@ -100,6 +102,14 @@ def main(argv):
         summary = Trainer(config, strategy, resume=FLAGS.resume).train()
     except PSLError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except tf.errors.ResourceExhaustedError:
+        print(f"error: out of memory at --batch_size={FLAGS.batch_size}. Lower --batch_size (it is the global "
+              f"batch) or use more replicas, then continue with --resume.", file=sys.stderr)
+        return 2
+    except tf.errors.DataLossError as err:
+        print(f"error: the dataset files are damaged ({err.message.splitlines()[0]}). Prepare the dataset "
+              f"again in --data_dir, then continue with --resume.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nInterrupted. Continue with the same flags plus --resume (run: {FLAGS.output_dir}).",

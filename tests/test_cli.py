@@ -65,8 +65,10 @@ def test_bad_flag_values_are_clear_errors(tmp_path):
 @needs_cifar10
 def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
     runs = f"first={tiny_cifar_run},second={tiny_cifar_run}"
+    # Probes under a 2-replica MirroredStrategy too; the 5,000 test images end in a partial batch.
     result = _run("evaluate.py", "--probe=all-blocks", f"--runs={runs}", f"--data_dir={SHARED_TFDS}",
-                  "--epochs=1", "--steps_per_epoch=3", "--batch_size=64", f"--output_dir={tmp_path / 'lin'}")
+                  "--strategy=mirrored", "--cpu_replicas=2", "--epochs=1", "--steps_per_epoch=3",
+                  "--batch_size=64", f"--output_dir={tmp_path / 'lin'}")
     assert result.returncode == 0, result.stderr[-4000:]
     with open(tmp_path / "lin" / "results.json") as f:
         rows = json.load(f)["tables"]["linear"]["rows"]

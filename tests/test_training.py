@@ -135,3 +135,14 @@ def test_interrupt_inside_an_epoch_loses_no_steps(tmp_path, synthetic_source):
         json.load(open(os.path.join(tmp_path / "a" / "run", "summary.json")))["stages"][1]["final_loss"], rel=1e-5)
     for a, b in zip(_weights(straight.backbone), _weights(resumed.backbone)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_run_keeps_float32_weights_and_logits(tmp_path, synthetic_source):
+    try:
+        summary = Trainer(tiny_config(tmp_path, mixed_precision=True), source=synthetic_source, verbose=0).train()
+        assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"  # no GPU here: bfloat16
+        assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])
+        exported = keras.saving.load_model(os.path.join(tmp_path / "run", "backbone.keras"), safe_mode=True)
+        assert all(w.dtype == "float32" for w in exported.weights)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")

@@ -66,34 +66,33 @@ def _steps(config, source):
     return min(full, config.steps_per_epoch) if config.steps_per_epoch else full
 
 
-def _compile(model, config, steps_per_epoch):
+def _compile(model, config, steps_per_epoch, variables):
+    """SGD with the configured schedule; its slots are built now, inside the strategy scope, because
+    optimizer variables created lazily in a replica context fail under MirroredStrategy."""
     schedule = optim.learning_rate_schedule(config.schedule, config.lr, steps_per_epoch * config.epochs,
                                             pattern=optim.parse_pattern(config.schedule_pattern))
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum))
+    model.optimizer.build(variables)
 
 
-def evaluate(model, strategy, source, image_size, config):
-    """Runs `model.eval_step` over every example of `source` (center view); returns global sums or arrays."""
-    dataset = loop.distributed_dataset(strategy, lambda ctx: data_lib.eval_pipeline(
-        source, lambda image: center_view(image, image_size), config.batch_size, ctx))
-    gather = getattr(model, "multi_label", False)
+def evaluate(model, source, image_size, config):
+    """Runs `model.eval_step` over every example of `source` (center view); returns sums or arrays.
 
-    @tf.function
-    def step(batch):
-        outputs = strategy.run(model.eval_step, args=(batch,))
-        if gather:
-            return {k: strategy.gather(v, axis=0) for k, v in outputs.items()}
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in outputs.items()}
-
+    Scoring is forward-only and runs on one device, outside the strategy: no partial last batch is
+    split across replicas (an empty replica batch breaks TF's convolutions here), and on several workers
+    each scores the whole split itself, so every worker ends with the same, complete result.
+    """
+    dataset = data_lib.eval_pipeline(source, lambda image: center_view(image, image_size), config.batch_size)
+    step = tf.function(model.eval_step)
     totals = {}
     for batch in dataset:
         for k, v in step(batch).items():
             v = v.numpy()
-            if gather:
+            if getattr(model, "multi_label", False):
                 totals.setdefault(k, []).append(v)
             else:
                 totals[k] = totals.get(k, 0.0) + float(v)
-    if gather:
+    if getattr(model, "multi_label", False):
         return {k: np.concatenate(v) for k, v in totals.items()}
     return totals
 
@@ -136,9 +135,10 @@ def all_blocks(run, config, strategy, sources=None, verbose=1):
         image_size = check_resolution(backbone, train, run.name)
         model = AllBlocksProbe(backbone, image_size, train.num_classes, config.batch_size,
                                config.weight_decay, config.blocks, multi_label=train.multi_label)
-        _compile(model, config, _steps(config, train))
+        _compile(model, config, _steps(config, train),
+                 [v for head in model.heads for v in head.trainable_variables])
     fit(model, strategy, train, image_size, config, verbose, label=f"[{run.name}] linear probes")
-    totals = evaluate(model, strategy, held_out, image_size, config)
+    totals = evaluate(model, held_out, image_size, config)
     result = {"geometry": model.geometry, "metric": "mAP" if train.multi_label else "top1"}
     for name in model.block_names:
         if train.multi_label:
@@ -249,10 +249,11 @@ def semi(run, config, strategy, fraction, sources=None, verbose=1):
         model = FineTuneClassifier(backbone, train.num_classes, config.batch_size, config.weight_decay)
         model(np.zeros((1, image_size, image_size, 3), "float32"))
         sub_config = dataclasses.replace(config, batch_size=min(config.batch_size, len(indices)))
-        _compile(model, sub_config, _steps(sub_config, subset))
+        _compile(model, sub_config, _steps(sub_config, subset),
+                 backbone.trainable_variables + model.classifier.trainable_variables)
     model.global_batch_size = sub_config.batch_size
     fit(model, strategy, subset, image_size, sub_config, verbose,
                  label=f"[{run.name}] fine-tune on {len(indices)} labels ({fraction:g})")
-    totals = evaluate(model, strategy, held_out, image_size, sub_config)
+    totals = evaluate(model, held_out, image_size, sub_config)
     return {"fraction": fraction if not config.label_ids_file else None, "labelled_examples": int(len(indices)),
             "top1": totals["top1"] / totals["count"], "top5": totals["top5"] / totals["count"]}
