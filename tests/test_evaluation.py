@@ -132,3 +132,20 @@ def test_semi_fine_tunes_on_a_balanced_subset_or_an_ids_file(tmp_path):
     ids_file.write_text("img_1\nimg_999\n")
     with pytest.raises(PSLError, match="1 of 2 ids are not in"):
         protocols.semi(run, config, strategy, 0.0, (train, held_out), verbose=0)
+
+
+def test_transfer_probe_scores_multi_label_data_with_map(tmp_path):
+    run = _save_tiny_backbone(tmp_path)
+    rng = np.random.default_rng(0)
+
+    def multi_label(count):
+        labels = rng.integers(0, 2, (count, 3))
+        images = 100 + 100 * labels[:, None, None, :] + 10 * rng.normal(size=(count, 32, 32, 3))
+        source = ImageSource.from_arrays("multi", np.clip(images, 0, 255), labels, num_classes=3)
+        source.multi_label = True
+        return source
+
+    config = protocols.EvalConfig(epochs=4, batch_size=32, lr=0.05, blocks=("B1",))
+    result = protocols.all_blocks(run, config, tf.distribute.get_strategy(), (multi_label(256), multi_label(64)),
+                                  verbose=0)
+    assert result["metric"] == "mAP" and result["B1"] > 0.9  # each label is one colour channel's brightness
