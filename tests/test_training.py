@@ -54,14 +54,21 @@ def test_e2e_is_one_stage_with_the_whole_budget(tmp_path, synthetic_source):
     assert stage["blocks"] == list(BLOCK_NAMES) and stage["epochs"] == 3 and stage["level"] == 3
 
 
-class _StopAfter(keras.callbacks.Callback):
-    def __init__(self, epochs):
+class _Interrupt(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt (as Ctrl-C would) after `epochs` epochs or `batches` batches."""
+
+    def __init__(self, epochs=0, batches=0):
         super().__init__()
-        self.remaining = epochs
+        self.epochs, self.batches = epochs, batches
 
     def on_epoch_end(self, epoch, logs=None):
-        self.remaining -= 1
-        if self.remaining == 0:
+        self.epochs -= 1
+        if self.epochs == 0:
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches -= 1
+        if self.batches == 0:
             raise KeyboardInterrupt
 
 
@@ -71,7 +78,7 @@ def test_resume_after_interruption_gives_the_same_backbone(tmp_path, synthetic_s
 
     config = tiny_config(tmp_path / "b", epochs_per_stage=2)
     with pytest.raises(KeyboardInterrupt):  # stops after stage 2, epoch 1 (its checkpoint is written)
-        Trainer(config, callbacks=[_StopAfter(3)], source=synthetic_source, verbose=0).train()
+        Trainer(config, callbacks=[_Interrupt(epochs=3)], source=synthetic_source, verbose=0).train()
     with open(os.path.join(config.output_dir, "state.json")) as f:
         state = json.load(f)
     assert (state["stage"], state["epoch"]) == (2, 1)
@@ -109,23 +116,12 @@ def test_knn_monitor_reports_every_epoch(tmp_path, synthetic_source):
     assert len(rows) == 3 and all(0.0 <= float(r["knn_accuracy"]) <= 1.0 for r in rows)
 
 
-class _StopAtBatch(keras.callbacks.Callback):
-    def __init__(self, batches):
-        super().__init__()
-        self.remaining = batches
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.remaining -= 1
-        if self.remaining == 0:
-            raise KeyboardInterrupt
-
-
 def test_interrupt_inside_an_epoch_loses_no_steps(tmp_path, synthetic_source):
     straight = Trainer(tiny_config(tmp_path / "a", steps_per_epoch=4), source=synthetic_source, verbose=0)
     straight.train()
     config = tiny_config(tmp_path / "b", steps_per_epoch=4)
     with pytest.raises(KeyboardInterrupt):  # after 4 steps of S1 and 2 of S2
-        Trainer(config, callbacks=[_StopAtBatch(6)], source=synthetic_source, verbose=0).train()
+        Trainer(config, callbacks=[_Interrupt(batches=6)], source=synthetic_source, verbose=0).train()
     with open(os.path.join(config.output_dir, "state.json")) as f:
         state = json.load(f)
     assert (state["stage"], state["epoch"], state["step"]) == (2, 0, 2)
