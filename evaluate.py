@@ -36,7 +36,7 @@ flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on kernels.")
 flags.DEFINE_enum("schedule", "step", ["step", "cosine", "constant"], "Learning-rate schedule.")
 flags.DEFINE_string("schedule_pattern", "2,1,1", "Step schedule segments (x0.1 at each boundary).")
 flags.DEFINE_string("blocks", ",".join(BLOCK_NAMES), "Blocks to probe.")
-flags.DEFINE_integer("k", 200, "kNN: neighbours.")
+flags.DEFINE_list("k", ["200"], "kNN: neighbours; several values (e.g. 20,200) share one feature extraction.")
 flags.DEFINE_float("temperature", 0.07, "kNN: temperature of the vote weights exp(sim / T).")
 flags.DEFINE_integer("knn_train_examples", 0, "kNN: size of the bank from --train_split (0: all of it).")
 flags.DEFINE_string("label_fraction", "0.01,0.1", "semi: labelled fractions, comma-separated.")
@@ -44,6 +44,19 @@ flags.DEFINE_string("label_ids_file", "", "semi: file of example ids (one per li
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy.")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices.")
+
+
+def _neighbours():
+    """The --k values as positive integers, in the order given, without repeats."""
+    from psl_keras.errors import PSLError
+
+    try:
+        values = list(dict.fromkeys(int(k) for k in FLAGS.k))
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise PSLError(f"--k={','.join(FLAGS.k)}: expected positive integers like 200 or 20,200.")
+    return values
 
 
 def _config():
@@ -56,11 +69,12 @@ def _config():
         raise PSLError(f"--blocks: {', '.join(unknown) or 'none given'}; choose from {', '.join(BLOCK_NAMES)}.")
     if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
         raise PSLError("--epochs and --batch_size must be positive.")
+    neighbours = _neighbours()
     return EvalConfig(
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
         eval_split=FLAGS.eval_split, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
         batch_size=FLAGS.batch_size, seed=FLAGS.seed, lr=FLAGS.lr, weight_decay=FLAGS.weight_decay,
-        schedule=FLAGS.schedule, schedule_pattern=FLAGS.schedule_pattern, blocks=blocks, k=FLAGS.k,
+        schedule=FLAGS.schedule, schedule_pattern=FLAGS.schedule_pattern, blocks=blocks, k=neighbours[0],
         temperature=FLAGS.temperature, knn_train_examples=FLAGS.knn_train_examples,
         label_ids_file=FLAGS.label_ids_file,
     )
@@ -76,8 +90,8 @@ def run_evaluation():
 
     if not FLAGS.runs:
         raise PSLError("--runs is required: one or more run directories written by train.py.")
+    config = _config()  # flag errors first: they need no files
     runs = parse_runs(FLAGS.runs)
-    config = _config()
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.cpu_replicas)
     keras.utils.set_random_seed(config.seed)
     sources = protocols.load_sources(config)
@@ -96,9 +110,14 @@ def run_evaluation():
         title = f"{'Transfer: ' if name == 'transfer' else ''}linear probe {metric} (%) by block, {dataset}"
         tables[name] = {"title": title, "rows": rows, "columns": list(config.blocks)}
     elif FLAGS.probe == "knn":
-        rows = [{"run": run.name, **protocols.knn(run, config, sources)} for run in runs]
-        title = f"kNN top-1 (%) by block, k={config.k}, T={config.temperature}, {dataset}"
-        tables["knn"] = {"title": title, "rows": rows, "columns": list(config.blocks)}
+        neighbours = _neighbours()
+        results = [protocols.knn_by_k(run, config, neighbours, sources) for run in runs]
+        for k in neighbours:
+            title = f"kNN top-1 (%) by block, k={k}, T={config.temperature}, {dataset}"
+            rows = [{"run": run.name, **result[k]} for run, result in zip(runs, results)]
+            tables["knn" if len(neighbours) == 1 else f"knn_k{k}"] = {
+                "title": title, "rows": rows, "columns": list(config.blocks)}
+        settings["k"] = neighbours
     else:  # semi
         try:
             fractions = [float(f) for f in FLAGS.label_fraction.split(",") if f.strip()]

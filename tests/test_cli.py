@@ -78,17 +78,23 @@ def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
     assert "| first |" in result.stdout and "| second |" in result.stdout
 
     result = _run("evaluate.py", "--probe=knn", f"--runs={tiny_cifar_run}", f"--data_dir={SHARED_TFDS}",
-                  "--knn_train_examples=2000", "--k=20", f"--output_dir={tmp_path / 'knn'}")
+                  "--knn_train_examples=2000", "--k=20,200", f"--output_dir={tmp_path / 'knn'}")
     assert result.returncode == 0, result.stderr[-4000:]
     with open(tmp_path / "knn" / "results.json") as f:
-        (row,) = json.load(f)["tables"]["knn"]["rows"]
-    assert all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
+        tables = json.load(f)["tables"]
+    assert sorted(tables) == ["knn_k20", "knn_k200"]  # two neighbour counts, one feature extraction
+    for table in tables.values():
+        (row,) = table["rows"]
+        assert all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
+    assert "k=20," in result.stdout and "k=200," in result.stdout
 
 
 def test_evaluate_bad_inputs_are_clear_errors(tmp_path):
     result = _run("evaluate.py", f"--runs={tmp_path}", f"--data_dir={tmp_path}")
     assert result.returncode == 2 and "not a finished psl-keras run" in result.stderr
     assert "Traceback" not in result.stderr
+    result = _run("evaluate.py", "--probe=knn", f"--runs={tmp_path}", "--k=20,x")
+    assert result.returncode == 2 and "--k=20,x" in result.stderr and "Traceback" not in result.stderr
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "backbone.keras").write_bytes(b"x")
     result = _run("evaluate.py", f"--runs={tmp_path / 'r'}", "--dataset=no_such_images", f"--data_dir={tmp_path}")

@@ -150,7 +150,12 @@ def all_blocks(run, config, strategy, sources=None, verbose=1):
 
 
 def knn(run, config, sources=None, verbose=1):
-    """Weighted kNN accuracy per block (global-average-pooled, cosine)."""
+    """Weighted kNN accuracy per block (global-average-pooled, cosine) with config.k neighbours."""
+    return knn_by_k(run, config, [config.k], sources, verbose)[config.k]
+
+
+def knn_by_k(run, config, ks, sources=None, verbose=1):
+    """{k: {block: accuracy}} for several neighbour counts from one feature extraction."""
     train, held_out = sources or load_sources(config)
     backbone = load_backbone(run)
     image_size = check_resolution(backbone, train, run.name)
@@ -161,8 +166,8 @@ def knn(run, config, sources=None, verbose=1):
     queries, query_labels = knn_lib.extract_features(backbone, held_out, image_size, config.blocks,
                                                      config.batch_size, verbose=verbose)
     classes = max(train.num_classes, held_out.num_classes)
-    return {b: knn_lib.knn_accuracy(bank[b], bank_labels, queries[b], query_labels, classes, config.k,
-                                    config.temperature) for b in config.blocks}
+    return {k: {b: knn_lib.knn_accuracy(bank[b], bank_labels, queries[b], query_labels, classes, k,
+                                        config.temperature) for b in config.blocks} for k in ks}
 
 
 def balanced_subset(labels, fraction, seed, num_classes=None):
