@@ -101,23 +101,27 @@ def run_evaluation():
     tables = {}
     if FLAGS.probe in ("all-blocks", "transfer"):
         rows = []
-        for run in runs:
-            result = protocols.all_blocks(run, config, strategy, sources)
-            rows.append({"run": run.name, **{b: result.get(b) for b in config.blocks}})
-            settings.setdefault("pooling", result["geometry"])
         metric = "mAP" if sources[0].multi_label else "top-1"
         name = "transfer" if FLAGS.probe == "transfer" else "linear"
         title = f"{'Transfer: ' if name == 'transfer' else ''}linear probe {metric} (%) by block, {dataset}"
         tables[name] = {"title": title, "rows": rows, "columns": list(config.blocks)}
+        for run in runs:
+            result = protocols.all_blocks(run, config, strategy, sources)
+            rows.append({"run": run.name, **{b: result.get(b) for b in config.blocks}})
+            settings.setdefault("pooling", result["geometry"])
+            report.write_report(FLAGS.output_dir, tables, settings)  # finished rows survive a later failure
     elif FLAGS.probe == "knn":
         neighbours = _neighbours()
-        results = [protocols.knn_by_k(run, config, neighbours, sources) for run in runs]
+        settings["k"] = neighbours
         for k in neighbours:
             title = f"kNN top-1 (%) by block, k={k}, T={config.temperature}, {dataset}"
-            rows = [{"run": run.name, **result[k]} for run, result in zip(runs, results)]
             tables["knn" if len(neighbours) == 1 else f"knn_k{k}"] = {
-                "title": title, "rows": rows, "columns": list(config.blocks)}
-        settings["k"] = neighbours
+                "title": title, "rows": [], "columns": list(config.blocks)}
+        for run in runs:
+            result = protocols.knn_by_k(run, config, neighbours, sources)
+            for k, table in zip(neighbours, tables.values()):
+                table["rows"].append({"run": run.name, **result[k]})
+            report.write_report(FLAGS.output_dir, tables, settings)
     else:  # semi
         try:
             fractions = [float(f) for f in FLAGS.label_fraction.split(",") if f.strip()]
@@ -128,6 +132,9 @@ def run_evaluation():
         if config.label_ids_file:
             fractions = fractions[:1]  # the ids file fixes the subset; one fine-tuning per run
         rows = []
+        columns = [f"{m}@{f:g}" for f in fractions for m in ("top1", "top5")]
+        tables["semi"] = {"title": f"Semi-supervised fine-tuning (%), {dataset}", "rows": rows,
+                          "columns": columns, "plot": False}
         for run in runs:
             row = {"run": run.name}
             for fraction in fractions:
@@ -135,9 +142,7 @@ def run_evaluation():
                 row[f"top1@{fraction:g}"] = result["top1"]
                 row[f"top5@{fraction:g}"] = result["top5"]
             rows.append(row)
-        columns = [f"{m}@{f:g}" for f in fractions for m in ("top1", "top5")]
-        tables["semi"] = {"title": f"Semi-supervised fine-tuning (%), {dataset}", "rows": rows,
-                          "columns": columns, "plot": False}
+            report.write_report(FLAGS.output_dir, tables, settings)
     paths = report.write_report(FLAGS.output_dir, tables, settings)
     with open(paths["results.md"]) as f:
         print(f.read())

@@ -77,16 +77,22 @@ def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
     assert (tmp_path / "lin" / "linear.png").exists() and (tmp_path / "lin" / "linear.csv").exists()
     assert "| first |" in result.stdout and "| second |" in result.stdout
 
-    result = _run("evaluate.py", "--probe=knn", f"--runs={tiny_cifar_run}", f"--data_dir={SHARED_TFDS}",
-                  "--knn_train_examples=2000", "--k=20,200", f"--output_dir={tmp_path / 'knn'}")
-    assert result.returncode == 0, result.stderr[-4000:]
+    # A damaged second run: one clear error, and the first run's finished rows are already on disk.
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "backbone.keras").write_bytes(b"not a keras file")
+    result = _run("evaluate.py", "--probe=knn", f"--runs=tiny={tiny_cifar_run},broken={tmp_path / 'broken'}",
+                  f"--data_dir={SHARED_TFDS}", "--knn_train_examples=2000", "--k=20,200",
+                  f"--output_dir={tmp_path / 'knn'}")
+    assert result.returncode == 2 and "broken" in result.stderr and "Traceback" not in result.stderr
     with open(tmp_path / "knn" / "results.json") as f:
         tables = json.load(f)["tables"]
     assert sorted(tables) == ["knn_k20", "knn_k200"]  # two neighbour counts, one feature extraction
     for table in tables.values():
         (row,) = table["rows"]
-        assert all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
-    assert "k=20," in result.stdout and "k=200," in result.stdout
+        assert row["run"] == "tiny" and all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
+    with open(tmp_path / "knn" / "results.md") as f:
+        markdown = f.read()
+    assert "k=20," in markdown and "k=200," in markdown
 
 
 def test_evaluate_bad_inputs_are_clear_errors(tmp_path):
