@@ -31,8 +31,8 @@ flags.DEFINE_integer("epochs", 10, "Probe / fine-tuning epochs.")
 flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch (0: full passes), for smoke runs.")
 flags.DEFINE_integer("batch_size", 256, "Global batch size.")
 flags.DEFINE_integer("seed", 0, "Seed of every random choice (augmentation, subsets).")
-flags.DEFINE_float("lr", None, "Learning rate; default 0.01 for the linear heads (as in Goyal et al.; 0.1 overshoots on "
-                   "~9k-dim inputs), 0.1 for semi (whole network).")
+flags.DEFINE_float("lr", None, "Learning rate; default 0.01 for linear heads (Goyal et al.; 0.1 overshoots "
+                   "on ~9k-dim inputs), 0.1 for semi (whole network).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on kernels.")
 flags.DEFINE_enum("schedule", "step", ["step", "cosine", "constant"], "Learning-rate schedule.")
 flags.DEFINE_string("schedule_pattern", "2,1,1", "Step schedule segments (x0.1 at each boundary).")
@@ -64,6 +64,10 @@ def _learning_rate():
     """--lr, or the probe's default: 0.01 for linear heads on ~9k-dim pooled features (on CIFAR-10 rotation
     runs, 0.1 left the probe loss at ~13 after 2 epochs and cost 2-4 points per block), 0.1 for semi."""
     if FLAGS.lr is not None:
+        if FLAGS.lr <= 0:
+            from psl_keras.errors import PSLError
+
+            raise PSLError(f"--lr={FLAGS.lr}: the learning rate must be positive.")
         return FLAGS.lr
     return 0.1 if FLAGS.probe == "semi" else 0.01
 
@@ -118,7 +122,7 @@ def run_evaluation():
             result = protocols.all_blocks(run, config, strategy, sources)
             rows.append({"run": run.name, **{b: result.get(b) for b in config.blocks}})
             settings.setdefault("pooling", result["geometry"])
-            report.write_report(FLAGS.output_dir, tables, settings)  # finished rows survive a later failure
+            paths = report.write_report(FLAGS.output_dir, tables, settings)  # rows survive a later failure
     elif FLAGS.probe == "knn":
         neighbours = _neighbours()
         settings["k"] = neighbours
@@ -130,7 +134,7 @@ def run_evaluation():
             result = protocols.knn_by_k(run, config, neighbours, sources)
             for k, table in zip(neighbours, tables.values()):
                 table["rows"].append({"run": run.name, **result[k]})
-            report.write_report(FLAGS.output_dir, tables, settings)
+            paths = report.write_report(FLAGS.output_dir, tables, settings)
     else:  # semi
         try:
             fractions = [float(f) for f in FLAGS.label_fraction.split(",") if f.strip()]
@@ -151,8 +155,7 @@ def run_evaluation():
                 row[f"top1@{fraction:g}"] = result["top1"]
                 row[f"top5@{fraction:g}"] = result["top5"]
             rows.append(row)
-            report.write_report(FLAGS.output_dir, tables, settings)
-    paths = report.write_report(FLAGS.output_dir, tables, settings)
+            paths = report.write_report(FLAGS.output_dir, tables, settings)
     with open(paths["results.md"]) as f:
         print(f.read())
     print(f"Written: {', '.join(sorted(paths.values()))}")

@@ -101,6 +101,8 @@ def test_evaluate_bad_inputs_are_clear_errors(tmp_path):
     assert "Traceback" not in result.stderr
     result = _run("evaluate.py", "--probe=knn", f"--runs={tmp_path}", "--k=20,x")
     assert result.returncode == 2 and "--k=20,x" in result.stderr and "Traceback" not in result.stderr
+    result = _run("evaluate.py", f"--runs={tmp_path}", "--lr=-1")
+    assert result.returncode == 2 and "--lr=-1" in result.stderr and "Traceback" not in result.stderr
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "backbone.keras").write_bytes(b"x")
     result = _run("evaluate.py", f"--runs={tmp_path / 'r'}", "--dataset=no_such_images", f"--data_dir={tmp_path}")
