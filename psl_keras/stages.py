@@ -30,10 +30,9 @@ class Stage:
     """One learning stage: which blocks run, which train, at which task level."""
 
     index: int  # 1-based
-    first_trained: int  # 1-based index of the first block that trains
+    first_trained: int  # 1-based index of the first block that trains; blocks before it are frozen
     last_block: int  # 1-based index of the last block (its output feeds the head)
     level: int  # task level G_level
-    restrict_gradient: bool  # stop-gradient (and frozen BN) for blocks before first_trained
 
     @property
     def name(self):
@@ -74,7 +73,7 @@ def stage_plan(mode, num_levels, windows=DEFAULT_WINDOWS):
     if mode not in MODES:
         raise PSLError(f"Unknown mode {mode!r}. Choose one of: {', '.join(MODES)} (--mode).")
     if mode == "e2e":
-        return [Stage(1, 1, NUM_BLOCKS, num_levels, restrict_gradient=False)]
+        return [Stage(1, 1, NUM_BLOCKS, num_levels)]
     check_windows(windows)
     if len(windows) != num_levels:
         raise PSLError(
@@ -84,10 +83,8 @@ def stage_plan(mode, num_levels, windows=DEFAULT_WINDOWS):
     stages = []
     for i, (first, last) in enumerate(windows, start=1):
         level = num_levels if mode == "sl" else i
-        if mode == "psl_f":
-            stages.append(Stage(i, 1, last, level, restrict_gradient=False))
-        else:
-            stages.append(Stage(i, first, last, level, restrict_gradient=True))
+        # psl_f trains B1 .. the window's last block; the others freeze the blocks before the window.
+        stages.append(Stage(i, 1 if mode == "psl_f" else first, last, level))
     return stages
 
 

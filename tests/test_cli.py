@@ -1,5 +1,6 @@
 """End-to-end runs of train.py as a user would type them (subprocesses, real CIFAR-10 from ../shared/tfds)."""
 
+import csv
 import json
 import os
 import subprocess
@@ -73,7 +74,12 @@ def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
     with open(tmp_path / "lin" / "results.json") as f:
         rows = json.load(f)["tables"]["linear"]["rows"]
     assert [r["run"] for r in rows] == ["first", "second"]
-    assert all(0.0 <= r[b] <= 1.0 for r in rows for b in ("B1", "B2", "B3", "B4", "B5"))
+    with open(tmp_path / "lin" / "linear.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    for row, csv_row in zip(rows, csv_rows):  # the CSV, the JSON and the table say the same
+        for b in ("B1", "B2", "B3", "B4", "B5"):
+            assert float(csv_row[b]) == pytest.approx(row[b]) and 0.0 <= row[b] <= 1.0
+            assert f"{100 * row[b]:.1f}" in result.stdout
     assert (tmp_path / "lin" / "linear.png").exists() and (tmp_path / "lin" / "linear.csv").exists()
     assert "| first |" in result.stdout and "| second |" in result.stdout
 
@@ -87,9 +93,24 @@ def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
     with open(tmp_path / "knn" / "results.json") as f:
         tables = json.load(f)["tables"]
     assert sorted(tables) == ["knn_k20", "knn_k200"]  # two neighbour counts, one feature extraction
-    for table in tables.values():
-        (row,) = table["rows"]
-        assert row["run"] == "tiny" and all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
+    # The same numbers computed here: bank = the first 2,000 training images, queries = the test split.
+    import keras
+
+    from psl_keras import data
+    from psl_keras.evaluation import knn as knn_lib
+
+    backbone = keras.saving.load_model(str(tiny_cifar_run / "backbone.keras"), safe_mode=True)
+    blocks = ["B1", "B2", "B3", "B4", "B5"]
+    bank, bank_labels = knn_lib.extract_features(backbone, data.load_images("cifar10", SHARED_TFDS, "train"), 32,
+                                                 blocks, limit=2000)
+    queries, query_labels = knn_lib.extract_features(backbone, data.load_images("cifar10", SHARED_TFDS, "test"),
+                                                     32, blocks)
+    for k in (20, 200):
+        (row,) = tables[f"knn_k{k}"]["rows"]
+        assert row["run"] == "tiny"
+        for b in blocks:
+            expected = knn_lib.knn_accuracy(bank[b], bank_labels, queries[b], query_labels, 10, k, 0.07)
+            assert row[b] == pytest.approx(expected, abs=6e-4), (k, b)  # up to 3 of 5,000 ties may flip
     with open(tmp_path / "knn" / "results.md") as f:
         markdown = f.read()
     assert "k=20," in markdown and "k=200," in markdown

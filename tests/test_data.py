@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import numpy as np
@@ -61,18 +62,62 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
         data.load_images(f"folder:{tmp_path}")
 
 
-def test_training_pipeline_is_seeded_and_batched(synthetic_source):
-    def preprocess(image, label, seed):
+def _indexed_source(count, streaming=False):
+    """A source whose label is the example's index, so a pipeline's output reveals its order."""
+    source = data.ImageSource.from_arrays("indexed", np.zeros((count, 4, 4, 3), np.uint8), np.arange(count))
+    if streaming:
         import tensorflow as tf
-        noise = tf.random.stateless_uniform([], tf.cast(seed, tf.int64))
-        return tf.cast(image, tf.float32) / 255.0 + noise, seed[1]
+        source = dataclasses.replace(source, dataset=tf.data.Dataset.from_tensor_slices(source.arrays),
+                                     arrays=None)
+    return source
 
-    def epoch(seed):
-        return [(x.copy(), y.copy()) for x, y in
-                data.training_pipeline(synthetic_source, preprocess, 16, seed).as_numpy_iterator()]
 
-    first, again, other = epoch(7), epoch(7), epoch(8)
-    assert len(first) == 4 and first[0][0].shape == (16, 32, 32, 3)
-    for (a, _), (b, _) in zip(first, again):
-        np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(first[0][0], other[0][0])
+def _epoch(source, seed, batch_size=16, **kwargs):
+    """(example order, per-example seeds) of one epoch of the training pipeline."""
+    batches = list(data.training_pipeline(source, lambda image, label, s: (label, s), batch_size, seed, **kwargs)
+                   .as_numpy_iterator())
+    if not batches:
+        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_every_epoch_is_a_seeded_permutation_with_distinct_example_seeds(streaming):
+    source = _indexed_source(64, streaming)
+    order, seeds = _epoch(source, seed=7)
+    assert sorted(order.tolist()) == list(range(64))  # every example exactly once
+    again, seeds_again = _epoch(source, seed=7)
+    np.testing.assert_array_equal(order, again)
+    np.testing.assert_array_equal(seeds, seeds_again)
+    other, other_seeds = _epoch(source, seed=8)
+    assert not np.array_equal(order, other)  # the order itself depends on the seed
+    assert not np.array_equal(order, np.arange(64))
+    assert len({tuple(s) for s in seeds}) == 64  # every example draws its own augmentation
+    assert not {tuple(s) for s in seeds} & {tuple(s) for s in other_seeds}
+
+
+def test_batches_are_always_full():
+    # The loss is divided by the global batch size, so a short last batch would be under-weighted.
+    order, _ = _epoch(_indexed_source(70), seed=0)
+    assert len(order) == 64
+    batches = list(data.training_pipeline(_indexed_source(70), lambda i, l, s: (l, s), 16, 0).as_numpy_iterator())
+    assert [len(b[0]) for b in batches] == [16] * 4
+
+
+def test_input_pipelines_read_disjoint_shards_with_their_own_seeds():
+    import tensorflow as tf
+
+    source = _indexed_source(64)
+    shards = [_epoch(source, 3, input_context=tf.distribute.InputContext(2, i, 2)) for i in range(2)]
+    (order0, seeds0), (order1, seeds1) = shards
+    assert len(order0) == len(order1) == 32  # per-replica batches of 8 from a global batch of 16
+    assert sorted(order0.tolist() + order1.tolist()) == list(range(64))
+    assert not {tuple(s) for s in seeds0} & {tuple(s) for s in seeds1}
+
+
+def test_skipping_steps_continues_exactly_where_an_epoch_stopped():
+    source = _indexed_source(64)
+    order, seeds = _epoch(source, seed=5)
+    rest, rest_seeds = _epoch(source, seed=5, skip_steps=2)
+    np.testing.assert_array_equal(rest, order[32:])
+    np.testing.assert_array_equal(rest_seeds, seeds[32:])

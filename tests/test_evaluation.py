@@ -44,6 +44,15 @@ def _linear_dataset(count, seed):
     return ImageSource.from_arrays("linear", np.clip(images, 0, 255), labels, num_classes=2)
 
 
+def _colour_dataset(count, seed):
+    """Label = whether the red or the blue channel is brighter: what a pooled top block can learn fast."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, count)
+    shift = np.where(labels[:, None] == 0, [40, 0, -40], [-40, 0, 40])[:, None, None, :]
+    images = 128 + 30 * rng.normal(size=(count, 32, 32, 3)) + shift
+    return ImageSource.from_arrays("colour", np.clip(images, 0, 255), labels, num_classes=2)
+
+
 def test_block1_probe_learns_a_linear_label(tmp_path):
     run = _save_tiny_backbone(tmp_path)
     config = protocols.EvalConfig(epochs=6, batch_size=64, lr=0.05, blocks=("B1", "B5"))
@@ -116,22 +125,87 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         protocols.knn(good, protocols.EvalConfig(), sources=(big, big))
 
 
-def test_semi_fine_tunes_on_a_balanced_subset_or_an_ids_file(tmp_path):
+def _capture_evaluated_models(monkeypatch):
+    """Records the model each protocol scores, so a test can look at what training did to it."""
+    models = []
+    original = protocols.evaluate
+
+    def recording_evaluate(model, *args, **kwargs):
+        models.append(model)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(protocols, "evaluate", recording_evaluate)
+    return models
+
+
+def _file_weights(run):
+    saved = keras.saving.load_model(run.backbone_path, safe_mode=True)
+    return [keras.ops.convert_to_numpy(w) for w in saved.weights]
+
+
+def test_semi_fine_tunes_the_whole_network_on_a_balanced_subset_or_an_ids_file(tmp_path, monkeypatch):
     run = _save_tiny_backbone(tmp_path)
-    train, held_out = _linear_dataset(64, 0), _linear_dataset(32, 1)
-    config = protocols.EvalConfig(epochs=2, batch_size=16, lr=0.01)
+    models = _capture_evaluated_models(monkeypatch)
+    train, held_out = _colour_dataset(256, 0), _colour_dataset(128, 1)
+    config = protocols.EvalConfig(epochs=4, batch_size=32, lr=0.05)
     strategy = tf.distribute.get_strategy()
-    result = protocols.semi(run, config, strategy, 0.25, sources=(train, held_out), verbose=0)
-    assert result["labelled_examples"] == 16
-    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
-    train.ids = np.array([f"img_{i}" for i in range(64)])
+    result = protocols.semi(run, config, strategy, 0.5, sources=(train, held_out), verbose=0)
+    assert result["labelled_examples"] == 128
+    assert result["top5"] == 1.0  # two classes: the label is always among the top 2
+    assert result["top1"] > 0.8, result  # chance is 0.5
+    # Semi-supervised fine-tuning trains every layer of the backbone, not only a new head.
+    (model,) = models
+    tuned = [keras.ops.convert_to_numpy(w) for w in model.backbone.weights]
+    for block in ("B1", "B5"):
+        kernel = model.backbone.get_layer(block).trainable_weights[0]
+        index = [w.path for w in model.backbone.weights].index(kernel.path)
+        assert not np.array_equal(tuned[index], _file_weights(run)[index]), block
+
+    train.ids = np.array([f"img_{i}" for i in range(256)])
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("\n".join(f"img_{i}" for i in range(0, 64, 4)) + "\n")
-    config.label_ids_file = str(ids_file)
+    config = protocols.EvalConfig(epochs=1, batch_size=16, lr=0.01, label_ids_file=str(ids_file))
     assert protocols.semi(run, config, strategy, 0.0, (train, held_out), verbose=0)["labelled_examples"] == 16
     ids_file.write_text("img_1\nimg_999\n")
     with pytest.raises(PSLError, match="1 of 2 ids are not in"):
         protocols.semi(run, config, strategy, 0.0, (train, held_out), verbose=0)
+
+
+def test_linear_probes_leave_the_backbone_bit_identical_and_pool_to_the_protocol_size(tmp_path, monkeypatch):
+    """Frozen features: after probe training every backbone weight, BatchNorm statistics included, equals the
+    file. Each head pools its block to the geometry reported, normalises without learned scale or offset,
+    and learns only a linear layer."""
+    run = _save_tiny_backbone(tmp_path)
+    models = _capture_evaluated_models(monkeypatch)
+    config = protocols.EvalConfig(epochs=1, batch_size=64, lr=0.05)
+    result = protocols.all_blocks(run, config, tf.distribute.get_strategy(),
+                                  (_linear_dataset(256, 0), _linear_dataset(64, 1)), verbose=0)
+    (probe,) = models
+    for ours, saved in zip([keras.ops.convert_to_numpy(w) for w in probe.backbone.weights], _file_weights(run)):
+        np.testing.assert_array_equal(ours, saved)
+    shapes = block_shapes(probe.backbone, 32)
+    for head, name in zip(probe.heads, probe.block_names):
+        spatial, channels = shapes[name]
+        flat = head.layers[1](head.layers[0](np.zeros((1, spatial, spatial, channels), "float32")))
+        assert flat.shape[-1] == result["geometry"][name]["dims"]
+        side = pool_geometry(spatial, channels)[0]
+        assert result["geometry"][name]["dims"] == side * side * channels
+        assert sorted(w.path.rsplit("/", 1)[-1] for w in head.trainable_weights) == ["bias", "kernel"]
+        dense = head.layers[-1]
+        assert isinstance(dense, keras.layers.Dense) and dense.kernel.shape == (side * side * channels, 2)
+
+
+def test_knn_features_are_pooled_normalised_block_outputs_of_the_center_view(tmp_path):
+    run = _save_tiny_backbone(tmp_path)
+    backbone = keras.saving.load_model(run.backbone_path, safe_mode=True)
+    source = _linear_dataset(40, 3)
+    features, labels = knn_lib.extract_features(backbone, source, 32, ["B2", "B5"], batch_size=16)
+    np.testing.assert_array_equal(labels, source.arrays[1])
+    outputs = backbone(source.arrays[0].astype("float32") / 255.0, training=False)
+    for block in ("B2", "B5"):
+        pooled = keras.ops.convert_to_numpy(outputs[block]).mean(axis=(1, 2))
+        expected = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        np.testing.assert_allclose(features[block], expected, atol=1e-5)
 
 
 def test_transfer_probe_scores_multi_label_data_with_map(tmp_path):

@@ -121,3 +121,50 @@ def test_jigsaw_trains_in_every_mode(tmp_path, monkeypatch, synthetic_source):
         assert len(summary["stages"]) == (3 if mode == "psl" else 1)
         assert all(math.isfinite(s["final_loss"]) for s in summary["stages"])
         assert summary["task"]["set_sizes"] == [4, 8, 16]
+
+
+def test_the_task_trains_with_nested_prefix_sets_far_apart(tmp_path, monkeypatch):
+    """The ladder the task itself uses (not just the generator): C1 = C3[:|C1|], C2 = C3[:|C2|], every
+    set far apart in Hamming distance, and every level's puzzles labelled by that level's set."""
+    monkeypatch.setenv("PSL_KERAS_CACHE", str(tmp_path))
+    task = build_task("jigsaw", 32, options={"set_sizes": "40,80,160"})
+    c1, c2, c3 = (task.level_permutations(level) for level in (1, 2, 3))
+    assert [len(c) for c in (c1, c2, c3)] == [40, 80, 160]
+    np.testing.assert_array_equal(c1, c3[:40])
+    np.testing.assert_array_equal(c2, c3[:80])
+    assert len({tuple(p) for p in c3}) == 160 and all(sorted(p) == list(range(9)) for p in c3)
+    # Greedy maximal-Hamming choice: 160 uniformly random permutations would have pairs 2 apart.
+    assert min(jigsaw.hamming_stats(c)[0] for c in (c1, c2, c3)) >= 6
+    image = tf.constant(synthetic_images(1, seed=2)[0])
+    for level in (1, 2, 3):
+        labels = {int(task.preprocess(image, tf.constant([level, i], tf.int64), level)[1]) for i in range(60)}
+        assert labels <= set(range(task.num_classes(level))) and len(labels) > task.num_classes(level) // 4
+
+
+def _coordinate_image(side):
+    """uint8 image whose red channel is the column and green channel the row of each pixel."""
+    y, x = np.mgrid[:side, :side]
+    return np.stack([x, y, np.zeros_like(x)], axis=-1).astype(np.uint8)
+
+
+def test_tiles_sit_at_random_positions_inside_their_own_cells(tmp_path, monkeypatch):
+    """Shortcut guard: each tile lies wholly inside its 1/3 x 1/3 cell (a gap to its neighbours) at a
+    position drawn per tile, so facing edges do not line up. Read back from a coordinate image."""
+    monkeypatch.setenv("PSL_KERAS_CACHE", str(tmp_path))
+    task = build_task("jigsaw", 32, options={"set_sizes": "5,10,20", "crop_size": 96, "tile_size": 24})
+    task.resize_shorter = 96  # the crop is the whole image: tile coordinates are crop coordinates
+    image = tf.constant(_coordinate_image(96))
+    offsets = set()
+    for i in range(12):
+        puzzle, label = task.make_puzzle(image, tf.constant([8, i], tf.int64), 3, normalize=False)
+        tiles = np.round(puzzle.numpy() * 255).astype(int)
+        permutation = task.level_permutations(3)[int(label)]
+        for position, cell in enumerate(permutation):  # puzzle slot `position` shows grid cell `cell`
+            row, col = divmod(int(cell), 3)
+            ys, xs = tiles[position, :, 0, 1], tiles[position, 0, :, 0]
+            if xs[0] > xs[-1]:  # a flipped crop: crop column = 95 - source column
+                xs = 95 - xs
+            assert row * 32 <= ys.min() and ys.max() < (row + 1) * 32, (i, position)
+            assert col * 32 <= xs.min() and xs.max() < (col + 1) * 32, (i, position)
+            offsets.add((int(ys.min() - row * 32), int(xs.min() - col * 32)))
+    assert len(offsets) > 20  # 12 puzzles x 9 tiles over a 9x9 grid of possible offsets

@@ -80,3 +80,52 @@ def test_label_is_the_rotation_applied():
     for label in range(4):
         rotated = task.rotate(image, label, 2, 0, tf.zeros(2)).numpy()
         np.testing.assert_allclose(np.rot90(rotated, -label), zero.numpy(), atol=2e-3)
+
+
+def _disc_image(side, radius):
+    """White inside a centred disc of `radius` pixels, black outside it."""
+    centre = (side - 1) / 2
+    y, x = np.mgrid[:side, :side]
+    inside = np.hypot(y - centre, x - centre) <= radius
+    return np.repeat(inside[..., None], 3, axis=-1).astype(np.uint8) * 255
+
+
+@pytest.mark.parametrize("image_size,source_side", [(32, 32), (96, 110)])
+def test_preprocessing_never_reads_outside_the_inscribed_disc(image_size, source_side):
+    """Shortcut guard, through the task's own preprocessing: every angle of every level samples only
+    pixels within the disc the rotated crops are inscribed in (plus bilinear reach), so neither black
+    corners nor reflected borders can give the angle away. The corners of the source are black here:
+    any output pixel below 1 means the crop reached them."""
+    task = build_task("rotation", image_size)
+    assert task.resize_shorter in (0, source_side)  # no resize: the disc stays where it is drawn
+    image = tf.constant(_disc_image(source_side, source_side / 2 + 1.5))
+    seen = set()
+    for i in range(48):
+        out, label = task.preprocess(image, tf.constant([11, i], tf.int64), 3)
+        seen.add(int(label))
+        assert float(tf.reduce_min(out)) > 0.99, f"label {int(label)}: the crop left the disc"
+    assert seen == set(range(8))
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_preprocessing_label_is_the_angle_applied(level):
+    """Through `preprocess`: turning the output back by its label's angle gives the upright view of the same
+    image (flipped or not); for 45-degree labels, the view equals the same crop rotated by that angle."""
+    task = build_task("rotation", 32)
+    image = tf.constant(synthetic_images(1, seed=7)[0])
+    as_float = tf.image.convert_image_dtype(image, tf.float32)
+    upright = [task.rotate(as_float, 0, level, flip, tf.zeros(2)).numpy() for flip in (0, 1)]
+    labels = set()
+    for i in range(40):
+        out, label = task.preprocess(image, tf.constant([5, i], tf.int64), level)
+        out, label = out.numpy(), int(label)
+        labels.add(label)
+        angle = rotation_angles(level)[label]
+        if angle % 90 == 0:
+            back = np.rot90(out, -int(angle // 90))
+            assert min(np.abs(back - u).max() for u in upright) < 2e-3, (level, label)
+        else:
+            views = [np.clip(task.rotate(as_float, label, level, flip, tf.zeros(2)).numpy(), 0, 1)
+                     for flip in (0, 1)]
+            assert min(np.abs(out - v).max() for v in views) < 1e-5, (level, label)
+    assert labels == set(range(task.num_classes(level)))

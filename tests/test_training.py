@@ -106,14 +106,26 @@ def test_bad_settings_are_clear_errors(tmp_path, synthetic_source):
         Trainer(tiny_config(tmp_path, task="colorize"), source=synthetic_source, verbose=0).train()
 
 
-def test_knn_monitor_reports_every_epoch(tmp_path, synthetic_source):
+def test_knn_monitor_reports_the_stage_blocks_accuracy_every_epoch(tmp_path, synthetic_source):
+    """The monitor's number is weighted kNN on the stage's own last block (B3, B4, B5 in turn), recomputed
+    here from each exported stage backbone with the evaluation code."""
+    from psl_keras.evaluation import knn as knn_lib
+
     config = tiny_config(tmp_path, knn_monitor=True, knn_k=5)
-    trainer = Trainer(config, source=synthetic_source, knn_source=synthetic_source.head(32), verbose=0)
-    summary = trainer.train()
-    assert all(0.0 <= s["knn_accuracy"] <= 1.0 for s in summary["stages"])
+    query = synthetic_source.head(48)
+    summary = Trainer(config, source=synthetic_source, knn_source=query, verbose=0).train()
     with open(os.path.join(config.output_dir, "log.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and all(0.0 <= float(r["knn_accuracy"]) <= 1.0 for r in rows)
+    assert len(rows) == 3
+    for stage, row in zip(summary["stages"], rows):
+        block = stage["last_block"]
+        backbone = keras.saving.load_model(os.path.join(config.output_dir, f"stage{stage['stage']}_backbone.keras"),
+                                           safe_mode=True)
+        bank, bank_labels = knn_lib.extract_features(backbone, synthetic_source, 32, [block])
+        queries, query_labels = knn_lib.extract_features(backbone, query, 32, [block])
+        expected = knn_lib.knn_accuracy(bank[block], bank_labels, queries[block], query_labels, 4, k=5)
+        assert stage["knn_accuracy"] == pytest.approx(expected, abs=1e-9), block
+        assert float(row["knn_accuracy"]) == pytest.approx(expected, abs=1e-6), block
 
 
 def test_interrupt_inside_an_epoch_loses_no_steps(tmp_path, synthetic_source):
@@ -136,9 +148,99 @@ def test_interrupt_inside_an_epoch_loses_no_steps(tmp_path, synthetic_source):
 def test_mixed_precision_run_keeps_float32_weights_and_logits(tmp_path, synthetic_source):
     try:
         summary = Trainer(tiny_config(tmp_path, mixed_precision=True), source=synthetic_source, verbose=0).train()
-        assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"  # no GPU here: bfloat16
+        import tensorflow as tf
+        expected = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+        assert keras.mixed_precision.dtype_policy().name == expected
         assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])
         exported = keras.saving.load_model(os.path.join(tmp_path / "run", "backbone.keras"), safe_mode=True)
         assert all(w.dtype == "float32" for w in exported.weights)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_each_stage_trains_its_window_and_its_own_head_on_its_own_level(tmp_path, synthetic_source, monkeypatch):
+    """Through the trainer: the level the data is made for, the head's classes and the trained blocks of
+    every stage, for psl and for sl (the hardest level in every stage)."""
+    from psl_keras.tasks.rotation import RotationTask
+
+    levels = []
+    original = RotationTask.preprocess
+
+    def recording_preprocess(self, image, seed, level):
+        levels.append(level)  # runs while tf.data traces the pipeline of each epoch
+        return original(self, image, seed, level)
+
+    monkeypatch.setattr(RotationTask, "preprocess", recording_preprocess)
+
+    class RecordStage(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            model = self.model
+            seen.append((model.stage.level, int(model.head.output.shape[-1]),
+                         tuple(b.name for b in model.trained_blocks), tuple(b.name for b in model.forward_blocks)))
+
+    for mode, expected_levels, classes in (("psl", [1, 2, 3], [2, 4, 8]), ("sl", [3, 3, 3], [8, 8, 8])):
+        seen, levels[:] = [], []
+        Trainer(tiny_config(tmp_path / mode, mode=mode), callbacks=[RecordStage()], source=synthetic_source,
+                verbose=0).train()
+        assert [s[0] for s in seen] == expected_levels and [s[1] for s in seen] == classes
+        assert [s[2] for s in seen] == [("B1", "B2", "B3"), ("B2", "B3", "B4"), ("B3", "B4", "B5")]
+        assert [s[3] for s in seen] == [(), ("B1",), ("B1", "B2")]
+        assert sorted(set(levels)) == sorted(set(expected_levels)) and levels[0] == expected_levels[0]
+
+
+def test_every_stage_restarts_its_schedule(tmp_path, synthetic_source):
+    """A fresh optimizer per stage: the cosine schedule of each stage runs from lr to 0 over that stage's
+    own steps (log.csv records the rate after each epoch: half way, then zero)."""
+    config = tiny_config(tmp_path, epochs_per_stage=2, schedule="cosine", lr=0.1)
+    Trainer(config, source=synthetic_source, verbose=0).train()
+    with open(os.path.join(config.output_dir, "log.csv")) as f:
+        rates = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert rates == pytest.approx([0.05, 0.0, 0.05, 0.0, 0.05, 0.0], abs=1e-7)
+
+
+def test_stage_exports_keep_frozen_blocks_bit_identical(tmp_path, synthetic_source):
+    """Isolation end to end, in the files a run leaves: after S2 B1 is what S1 left, after S3 B1 and B2 are;
+    B5 is untouched until S3. psl_f, whose stages all train B1, changes it every stage."""
+
+    def block_weights(run_dir, stage):
+        model = keras.saving.load_model(os.path.join(run_dir, f"stage{stage}_backbone.keras"), safe_mode=True)
+        return {b: [keras.ops.convert_to_numpy(w) for w in model.get_layer(b).weights] for b in BLOCK_NAMES}
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+    for mode in ("psl", "psl_f"):
+        config = tiny_config(tmp_path / mode, mode=mode)
+        Trainer(config, source=synthetic_source, verbose=0).train()
+        w = {(s, b): weights for s in (1, 2, 3) for b, weights in block_weights(config.output_dir, s).items()}
+        if mode == "psl":
+            assert same(w[1, "B1"], w[2, "B1"]) and same(w[2, "B1"], w[3, "B1"])
+            assert same(w[2, "B2"], w[3, "B2"]) and not same(w[1, "B2"], w[2, "B2"])
+        else:
+            assert not same(w[1, "B1"], w[2, "B1"]) and not same(w[2, "B1"], w[3, "B1"])
+        assert same(w[1, "B5"], w[2, "B5"]) and not same(w[2, "B5"], w[3, "B5"])
+        assert not same(w[1, "B4"], w[2, "B4"])
+
+
+def test_data_order_is_reshuffled_every_epoch_and_stage_and_repeats_with_the_seed(tmp_path):
+    """The trainer's own per-epoch pipelines: a fresh seeded permutation for every (stage, epoch), the same
+    one when built again. Images are constant (value = 3 x index), so the rotated views reveal the order."""
+    from psl_keras.data import ImageSource
+
+    images = np.repeat(np.repeat(np.repeat((3 * np.arange(64, dtype=np.uint8))[:, None, None, None], 32, 1), 32, 2),
+                       3, 3)
+    source = ImageSource.from_arrays("indexed", images)
+
+    def order(seed, stage_index, epoch):
+        trainer = Trainer(tiny_config(tmp_path, seed=seed), source=source, verbose=0)
+        trainer._build()
+        dataset = trainer._distributed_dataset(trainer.plan[stage_index - 1], epoch)
+        views = np.concatenate([keras.ops.convert_to_numpy(inputs) for inputs, _ in dataset])
+        return np.round(views.mean(axis=(1, 2, 3)) * 255 / 3).astype(int)
+
+    first = order(0, 1, 0)
+    assert sorted(first.tolist()) == list(range(64))
+    np.testing.assert_array_equal(first, order(0, 1, 0))
+    for other in (order(0, 1, 1), order(0, 2, 0), order(1, 1, 0)):
+        assert sorted(other.tolist()) == list(range(64)) and not np.array_equal(first, other)
+

@@ -24,6 +24,8 @@ from psl_keras.backbones import backbone_blocks, build_backbone  # noqa: E402
 from psl_keras.tasks import build_task  # noqa: E402
 
 GLOBAL_BATCH = 16
+# Large enough that weight decay counted once per replica instead of once in all would show (~1e-3).
+WEIGHT_DECAY = 0.05
 
 
 def build(strategy, sync_bn):
@@ -34,7 +36,7 @@ def build(strategy, sync_bn):
         task = build_task("rotation", 32, head_hidden=16, sync_bn=sync_bn)
         stage = stages.stage_plan("psl", 3)[1]
         head = task.build_head(stage.level, blocks[3].output.shape[-1], name="g2")
-        model = stages.StageModel(blocks, stage, head, task, GLOBAL_BATCH, weight_decay=5e-4)
+        model = stages.StageModel(blocks, stage, head, task, GLOBAL_BATCH, weight_decay=WEIGHT_DECAY)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
         model.optimizer.build(model.stage_variables)
     return task, stage, model, blocks + [head]

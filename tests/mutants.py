@@ -1,0 +1,280 @@
+"""Deliberate breakages of the method's invariants, and a runner that shows which test catches each one.
+
+Every mutant is one small edit of the library (exact text replaced, so it applies to one place only) that
+breaks an invariant listed in tests/README.md, plus the test files that guard that module. The runner
+copies the working tree, applies one mutant at a time and runs those tests with `-x`; a mutant counts as
+caught when a test fails (pytest exit code 1), not when the edit fails to import.
+
+  python tests/mutants.py                      # every mutant, a Markdown table on stdout
+  python tests/mutants.py --only S1,D2         # some of them
+  python tests/mutants.py --tests tests        # against the whole suite instead of the guarding files
+  python tests/mutants.py --tests_rev 3b48be7  # against the tests of an older commit (before/after)
+
+`tests/test_mutants.py` checks that every edit still applies to the current source, so the catalogue
+cannot silently drift away from the code it breaks.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    id: str
+    invariant: str  # what breaks, in the words of tests/README.md
+    path: str  # file, relative to the repository
+    edits: tuple  # ((old, new), ...): each old text occurs exactly once in the file
+    tests: tuple  # the test files that guard this module
+
+
+STAGES = ("tests/test_stages.py", "tests/test_distribute.py", "tests/test_training.py")
+ROTATION = ("tests/test_rotation.py", "tests/test_stages.py")
+JIGSAW = ("tests/test_jigsaw.py",)
+DATA = ("tests/test_data.py", "tests/test_training.py")
+OPTIM = ("tests/test_optim.py", "tests/test_training.py")
+TRAINING = ("tests/test_training.py",)
+EVALUATION = ("tests/test_evaluation.py", "tests/test_training.py", "tests/test_cli.py")
+
+MUTANTS = (
+    # --- stages: isolation, frozen statistics, loss scaling, decay targets, the plan -------------------
+    Mutant("S1", "weight decay on every stage variable (biases, BatchNorm), not kernels only",
+           "psl_keras/stages.py",
+           (("return [v for v in self.stage_variables if len(v.shape) > 1]", "return list(self.stage_variables)"),),
+           STAGES),
+    Mutant("S2", "loss averaged over the replica's batch instead of divided by the global batch",
+           "psl_keras/stages.py",
+           (("loss = ops.sum(per_example) / self.global_batch_size", "loss = ops.mean(per_example)"),), STAGES),
+    Mutant("S3", "weight decay added once per replica (not divided by the replica count)", "psl_keras/stages.py",
+           (("loss = loss + 0.5 * self.weight_decay * l2 / replicas",
+             "loss = loss + 0.5 * self.weight_decay * l2"),), STAGES),
+    Mutant("S4", "decay coefficient doubled (wd * |w|^2 instead of 0.5 * wd * |w|^2)", "psl_keras/stages.py",
+           (("loss = loss + 0.5 * self.weight_decay * l2 / replicas",
+             "loss = loss + self.weight_decay * l2 / replicas"),), STAGES),
+    Mutant("S5", "frozen blocks run BatchNorm in training mode (their statistics drift)", "psl_keras/stages.py",
+           (("            x = block(x, training=False)\n        return ops.stop_gradient",
+             "            x = block(x, training=True)\n        return ops.stop_gradient"),), STAGES),
+    Mutant("S6", "frozen blocks' weights among the stage's trained variables", "psl_keras/stages.py",
+           (("for layer in self.trained_blocks + [self.head]:",
+             "for layer in self.forward_blocks + self.trained_blocks + [self.head]:"),), STAGES),
+    Mutant("S7", "no stop-gradient at the stage input", "psl_keras/stages.py",
+           (("return ops.stop_gradient(x) if self.forward_blocks else x", "return x"),), STAGES),
+    Mutant("S8", "psl trains every stage on the hardest level (psl becomes sl)", "psl_keras/stages.py",
+           (('level = num_levels if mode == "sl" else i', "level = num_levels"),), STAGES),
+    Mutant("S9", "psl_f restricted to the window like psl", "psl_keras/stages.py",
+           (('Stage(i, 1 if mode == "psl_f" else first, last, level)', "Stage(i, first, last, level)"),), STAGES),
+    Mutant("S10", "gradient ascent (update with the wrong sign)", "psl_keras/stages.py",
+           (("self.optimizer.apply_gradients(zip(gradients, variables))",
+             "self.optimizer.apply_gradients(zip([-g for g in gradients], variables))"),), STAGES),
+    # --- tasks: ladders, nesting, labels, shortcut guards ---------------------------------------------
+    Mutant("T1", "rotation crops the whole side with zero fill: black corners at 45 degrees",
+           "psl_keras/tasks/rotation.py",
+           (("inscribed = tf.minimum(height, width) / math.sqrt(2.0)", "inscribed = tf.minimum(height, width)"),
+            ('fill_mode="REFLECT", interpolation', 'fill_mode="CONSTANT", interpolation')), ROTATION),
+    Mutant("T2", "rotation crops the whole side (reflected borders, no black corners)", "psl_keras/tasks/rotation.py",
+           (("inscribed = tf.minimum(height, width) / math.sqrt(2.0)", "inscribed = tf.minimum(height, width)"),),
+           ROTATION),
+    Mutant("T3", "rotation label is not the angle applied", "psl_keras/tasks/rotation.py",
+           (("rotated = self.rotate(image, label, level, flip, offset_unit)",
+             "rotated = self.rotate(image, (label + 1) % self.num_classes(level), level, flip, offset_unit)"),),
+           ROTATION),
+    Mutant("T4", "rotation angle step of R3 at every level", "psl_keras/tasks/rotation.py",
+           (("(2.0 * math.pi / self.num_classes(level))", "(2.0 * math.pi / 8)"),), ROTATION),
+    Mutant("T5", "jigsaw C_i generated per level, not prefixes of C3 (sets no longer nest)",
+           "psl_keras/tasks/jigsaw.py",
+           (("return self.permutations[: self.set_sizes[level - 1]]",
+             "return permutation_set(self.set_sizes[level - 1], self.permutation_seed + level)"),), JIGSAW),
+    Mutant("T6", "jigsaw tiles always at the top-left of their cells (no positional jitter)",
+           "psl_keras/tasks/jigsaw.py",
+           (("maxval=self.cell_size - self.tile_size + 1", "maxval=1"),), JIGSAW),
+    Mutant("T7", "jigsaw tiles not normalised one by one", "psl_keras/tasks/jigsaw.py",
+           (("tiles = normalize_tile(self._tile_augment(tiles, augment_seed))",
+             "tiles = self._tile_augment(tiles, augment_seed)"),), JIGSAW),
+    Mutant("T8", "jigsaw permutations picked at random, not for maximal Hamming distance",
+           "psl_keras/tasks/jigsaw.py",
+           (("best = np.flatnonzero(min_distance == min_distance.max())", "best = np.flatnonzero(min_distance >= 0)"),),
+           JIGSAW),
+    Mutant("T9", "jigsaw puzzle shuffled by the inverse of its label's permutation", "psl_keras/tasks/jigsaw.py",
+           (("return tf.gather(tiles, permutation), label",
+             "return tf.gather(tiles, tf.math.invert_permutation(permutation)), label"),), JIGSAW),
+    Mutant("T10", "jigsaw tiles of different puzzles mixed in the siamese batch", "psl_keras/tasks/jigsaw.py",
+           (("return ops.reshape(inputs, (-1, shape[2], shape[3], shape[4]))",
+             "return ops.reshape(ops.transpose(inputs, (1, 0, 2, 3, 4)), (-1, shape[2], shape[3], shape[4]))"),),
+           JIGSAW),
+    # --- data: order, seeding, sharding, batches, resume ---------------------------------------------
+    Mutant("D1", "in-memory shuffle ignores the seed", "psl_keras/data.py",
+           (("np.random.default_rng(seed).permutation", "np.random.default_rng(0).permutation"),), DATA),
+    Mutant("D2", "streaming shuffle ignores the seed", "psl_keras/data.py",
+           (("seed=seed, reshuffle_each_iteration=False", "seed=0, reshuffle_each_iteration=False"),), DATA),
+    Mutant("D3", "every example of an epoch gets the same augmentation seed", "psl_keras/data.py",
+           (("tf.constant(seed * 1_000_003 + pipeline_id, tf.int64), index])",
+             "tf.constant(seed * 1_000_003 + pipeline_id, tf.int64), index * 0])"),), DATA),
+    Mutant("D4", "input pipelines share their example seeds", "psl_keras/data.py",
+           (("tf.constant(seed * 1_000_003 + pipeline_id, tf.int64)", "tf.constant(seed * 1_000_003, tf.int64)"),),
+           DATA),
+    Mutant("D5", "every input pipeline reads the same shard", "psl_keras/data.py",
+           (("permutation(source.num_examples)[pipeline_id::num_pipelines]",
+             "permutation(source.num_examples)[::num_pipelines]"),), DATA),
+    Mutant("D6", "resume skips batches, not the examples of those batches", "psl_keras/data.py",
+           (("data = data.skip(skip_steps * (global_batch_size // num_pipelines))", "data = data.skip(skip_steps)"),),
+           DATA),
+    Mutant("D7", "a short last batch is trained on (its loss under-weighted)", "psl_keras/data.py",
+           (("data = data.batch(batch_size, drop_remainder=True)", "data = data.batch(batch_size)"),), DATA),
+    # --- optim: schedules --------------------------------------------------------------------------------
+    Mutant("O1", "step schedule never drops the learning rate", "psl_keras/optim.py",
+           (("values = [base_lr * drop**k for k in range(len(pattern))]",
+             "values = [base_lr for k in range(len(pattern))]"),), OPTIM),
+    Mutant("O2", "step boundaries not scaled to the stage's length", "psl_keras/optim.py",
+           (("boundaries.append(max(1, int(round(total_steps * elapsed / total))))",
+             "boundaries.append(int(elapsed))"),), OPTIM),
+    Mutant("O3", "cosine schedule spans twice the stage", "psl_keras/optim.py",
+           (("CosineDecay(base_lr, max(total_steps, 1))", "CosineDecay(base_lr, max(2 * total_steps, 1))"),), OPTIM),
+    Mutant("O4", "warm-up ignored", "psl_keras/optim.py", (("        if warmup_steps:", "        if False:"),), OPTIM),
+    Mutant("O5", "nesterov flag ignored", "psl_keras/optim.py",
+           (("momentum=momentum, nesterov=nesterov)", "momentum=momentum)"),), OPTIM),
+    # --- training: per-stage schedules, levels, heads, data seeds, resume ----------------------------
+    Mutant("R1", "one schedule over the whole run instead of one per stage", "psl_keras/training.py",
+           (("total_steps = steps_per_epoch * epochs", "total_steps = steps_per_epoch * epochs * len(self.plan)"),),
+           TRAINING),
+    Mutant("R2", "every stage's data made for the hardest level", "psl_keras/training.py",
+           (("self.task.preprocess(image, seed, stage.level)", "self.task.preprocess(image, seed, self.task.num_levels)"),),
+           TRAINING),
+    Mutant("R3", "every stage's head built for the hardest level", "psl_keras/training.py",
+           (("stage.level, self.blocks[stage.last_block - 1]", "self.task.num_levels, self.blocks[stage.last_block - 1]"),),
+           TRAINING),
+    Mutant("R4", "the data order ignores the epoch (the same order every epoch)", "psl_keras/training.py",
+           (("derived_seed(self.config.seed, DATA_SEED, stage.index, epoch)",
+             "derived_seed(self.config.seed, DATA_SEED, stage.index)"),), TRAINING),
+    Mutant("R5", "heads not initialised from their own seeds (resume builds other heads)", "psl_keras/training.py",
+           (("keras.utils.set_random_seed(derived_seed(c.seed, HEAD_SEED, stage.index))", "pass"),), TRAINING),
+    Mutant("R6", "optimizer state left out of the checkpoint", "psl_keras/training.py",
+           (("tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer)",
+             "tf.train.Checkpoint(backbone=self.backbone, head=model.head)"),), TRAINING),
+    Mutant("R7", "a resumed epoch starts again from its first batch", "psl_keras/training.py",
+           (("skip_steps=first_step)", "skip_steps=0)"),), TRAINING),
+    # --- evaluation: what probes, kNN and fine-tuning see -------------------------------------------
+    Mutant("E1", "probe backbone not frozen (trainable, BatchNorm in training mode)", "psl_keras/evaluation/linear.py",
+           (("outputs = self.backbone(images, training=False)",
+             "self.backbone.trainable = True; outputs = self.backbone(images, training=True)"),),
+           EVALUATION),
+    Mutant("E2", "probes pool globally instead of to ~9k values", "psl_keras/evaluation/linear.py",
+           (("layers.AveragePooling2D(kernel, strides=stride),", "layers.GlobalAveragePooling2D(keepdims=True),"),),
+           EVALUATION),
+    Mutant("E3", "probe BatchNorm learns a scale and an offset", "psl_keras/evaluation/linear.py",
+           (("layers.BatchNormalization(center=False, scale=False, momentum=0.9)",
+             "layers.BatchNormalization(momentum=0.9)"),), EVALUATION),
+    Mutant("E4", "probe pooling target of 4096 instead of 9216 values", "psl_keras/evaluation/linear.py",
+           (("TARGET_DIMS = 9216", "TARGET_DIMS = 4096"),), EVALUATION),
+    Mutant("E5", "kNN votes unweighted (temperature ignored)", "psl_keras/evaluation/knn.py",
+           (("weights = tf.exp(top_sim / temperature)", "weights = tf.ones_like(top_sim)"),), EVALUATION),
+    Mutant("E6", "kNN features not L2-normalised", "psl_keras/evaluation/knn.py",
+           (("tf.math.l2_normalize(tf.reduce_mean(outputs[b], axis=[1, 2]), axis=-1)",
+             "tf.reduce_mean(outputs[b], axis=[1, 2])"),), EVALUATION),
+    Mutant("E7", "kNN monitor always reads B5, not the stage's last block", "psl_keras/evaluation/knn.py",
+           (("""block = self.block or f"B{getattr(getattr(self.model, 'stage', None), 'last_block', 5)}\"""",
+             'block = self.block or "B5"'),), EVALUATION),
+    Mutant("E8", "evaluation view flipped", "psl_keras/evaluation/preprocessing.py",
+           (("    return tf.ensure_shape(image, [image_size, image_size, 3])",
+             "    return tf.ensure_shape(image[:, ::-1], [image_size, image_size, 3])"),), EVALUATION),
+    Mutant("E9", "semi-supervised fine-tuning trains the new head only", "psl_keras/evaluation/protocols.py",
+           (("        backbone.trainable = True", "        backbone.trainable = False"),), EVALUATION),
+    Mutant("E10", "labelled subset not class-balanced", "psl_keras/evaluation/protocols.py",
+           (("chosen.append(np.sort(rng.permutation(members)[:per_class]))",
+             "chosen.append(np.sort(rng.permutation(members)[:per_class + c % 2]))"),), EVALUATION),
+)
+
+
+def apply(mutant, root):
+    """Applies a mutant's edits to the copy under `root`; raises ValueError if an edit no longer applies."""
+    path = os.path.join(root, mutant.path)
+    with open(path) as f:
+        text = f.read()
+    for old, new in mutant.edits:
+        count = text.count(old)
+        if count != 1:
+            raise ValueError(f"{mutant.id}: {old!r} occurs {count} times in {mutant.path}, expected once")
+        text = text.replace(old, new)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _copy_tree(destination):
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if os.path.isfile(os.path.join(REPO, name)):
+            os.makedirs(os.path.dirname(os.path.join(destination, name)) or destination, exist_ok=True)
+            shutil.copy2(os.path.join(REPO, name), os.path.join(destination, name))
+
+
+def _use_tests_of(revision, root):
+    """Replaces the copy's tests with those of an older commit (this catalogue stays)."""
+    shutil.rmtree(os.path.join(root, "tests"))
+    archive = subprocess.run(["git", "archive", revision, "tests"], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", root], input=archive.stdout, check=True)
+    shutil.copy2(os.path.abspath(__file__), os.path.join(root, "tests", "mutants.py"))
+
+
+def run(mutant, root, tests=None, timeout=1800):
+    """(status, first failing test, seconds) for one mutant: status is caught, survived or error."""
+    tests = [t for t in (tests or mutant.tests) if os.path.exists(os.path.join(root, t))]
+    if not tests:
+        return "survived", "(no test file guards it)", 0.0
+    path = os.path.join(root, mutant.path)
+    with open(path) as f:
+        original = f.read()
+    apply(mutant, root)
+    start = time.time()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *tests], cwd=root,
+                                capture_output=True, text=True, timeout=timeout)
+    finally:
+        with open(path, "w") as f:
+            f.write(original)
+    seconds = time.time() - start
+    failed = re.findall(r"^FAILED (\S+)", result.stdout, re.MULTILINE)
+    if result.returncode == 1 and failed:
+        return "caught", failed[0].split(" ")[0], seconds
+    if result.returncode == 0:
+        return "survived", "", seconds
+    return "error", result.stdout[-500:] + result.stderr[-500:], seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help="comma-separated mutant ids")
+    parser.add_argument("--tests", nargs="*", help="test paths to run instead of each mutant's own")
+    parser.add_argument("--tests_rev", default="", help="run the tests of this git revision (before/after)")
+    args = parser.parse_args()
+    wanted = {m.strip() for m in args.only.split(",") if m.strip()}
+    unknown = wanted - {m.id for m in MUTANTS}
+    if unknown:
+        parser.error(f"unknown mutant ids: {', '.join(sorted(unknown))}")
+    with tempfile.TemporaryDirectory(prefix="psl_mutants_") as root:
+        _copy_tree(root)
+        if args.tests_rev:
+            _use_tests_of(args.tests_rev, root)
+        print("| id | module | broken invariant | result | first failing test | s |")
+        print("|---|---|---|---|---|---|")
+        survived = 0
+        for mutant in MUTANTS:
+            if wanted and mutant.id not in wanted:
+                continue
+            status, test, seconds = run(mutant, root, args.tests)
+            survived += status != "caught"
+            module = mutant.path.replace("psl_keras/", "")
+            print(f"| {mutant.id} | {module} | {mutant.invariant} | {status} | {test.replace('|', '/')} | "
+                  f"{seconds:.0f} |", flush=True)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
