@@ -37,6 +37,7 @@ class ImageSource:
     arrays: tuple = None
     multi_label: bool = False  # labels are multi-hot [num_classes] vectors (e.g. VOC2007's "labels")
     ids: object = None  # np.ndarray of example ids (str), or a callable that reads them, or None
+    class_names: tuple = ()  # the name of each class id, where the data has them
 
     def example_ids(self):
         """Each example's id (TFDS `id`/`file_name`, or the file path of a folder source), in stored order."""
@@ -159,8 +160,10 @@ def _load_tfds(name, data_dir, split):
     )
     if multi_label:
         num_classes = features["labels"].feature.num_classes
+        class_names = tuple(features["labels"].feature.names)
     else:
         num_classes = getattr(features["label"] if "label" in features else None, "num_classes", 0) or 0
+        class_names = tuple(features["label"].names) if num_classes else ()
     image_shape = tuple(features[image_key].shape)
     if None in image_shape or image_shape[-1] not in (1, 3):
         image_shape = None
@@ -189,7 +192,7 @@ def _load_tfds(name, data_dir, split):
 
     num_examples = splits[split].num_examples
     source = ImageSource(name, split, num_examples, num_classes, image_shape, dataset=data,
-                         multi_label=multi_label, ids=read_ids)
+                         multi_label=multi_label, ids=read_ids, class_names=class_names)
     if image_shape is not None:
         source.image_shape = image_shape[:2] + (3,)
         if num_examples * int(np.prod(source.image_shape)) <= IN_MEMORY_BYTES:
@@ -232,7 +235,8 @@ def _load_folder(root, split):
     # A corrupt file would otherwise stop a long run from deep inside tf.data: skip it with a warning.
     data = data.ignore_errors(log_warning=True)
     ids = np.array([os.path.relpath(f, root) for f in files])
-    return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data, ids=ids)
+    return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data, ids=ids,
+                       class_names=tuple(classes))
 
 
 def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000,

@@ -8,6 +8,7 @@ Run directory:
   checkpoints/     tf.train checkpoints after every epoch (backbone, current head, current optimizer)
   state.json       progress, replaced atomically after each checkpoint; what --resume reads
   stage{i}_backbone.keras, backbone.keras   the backbone alone (no heads) after each stage / at the end
+  stage{i}_head.keras   head g_i (features of the stage's last block -> logits of its level)
   log.csv, tensorboard/, summary.json
 """
 
@@ -27,11 +28,9 @@ from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.callbacks import RunCSVLogger
 from psl_keras.config import TrainConfig
 from psl_keras.errors import PSLError
+from psl_keras.rundir import BACKBONE_FILE, STATE_FILE, SUMMARY_FILE, stage_backbone_file, stage_head_file
 from psl_keras.tasks import build_task
 
-STATE_FILE = "state.json"
-SUMMARY_FILE = "summary.json"
-BACKBONE_FILE = "backbone.keras"
 # Settings that may change when a run is resumed; anything else must match the saved run.
 RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "checkpoint_every_steps",
                     "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size"}
@@ -281,7 +280,8 @@ class Trainer:
             global_epoch += epochs - first_epoch
             state["stages"] = [s for s in state["stages"] if s["stage"] != stage.index] + [stage_result]
             if self.chief:
-                save_keras_atomic(self.backbone, os.path.join(self.output_dir, f"stage{stage.index}_backbone.keras"))
+                save_keras_atomic(self.backbone, os.path.join(self.output_dir, stage_backbone_file(stage.index)))
+                save_keras_atomic(model.head, os.path.join(self.output_dir, stage_head_file(stage.index)))
                 write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
 
         summary = self._summary(state, time.time() - run_start)
@@ -396,6 +396,8 @@ class Trainer:
             "wall_time_s": time.time() - stage_start,
             "images_per_sec": images / busy_time if busy_time else None,
             "knn_accuracy": knn_accuracy,
+            "backbone_file": stage_backbone_file(stage.index),
+            "head_file": stage_head_file(stage.index),
         }
 
     def _summary(self, state, wall_time):

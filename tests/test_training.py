@@ -244,3 +244,31 @@ def test_data_order_is_reshuffled_every_epoch_and_stage_and_repeats_with_the_see
     for other in (order(0, 1, 1), order(0, 2, 0), order(1, 1, 0)):
         assert sorted(other.tolist()) == list(range(64)) and not np.array_equal(first, other)
 
+
+def test_runs_keep_their_heads_and_backbone_plus_head_reproduce_the_stage_logits(tmp_path, synthetic_source):
+    from psl_keras.evaluation.runs import find_run, load_stage_heads, run_task, stage_logits
+    from psl_keras.tasks import build_task
+
+    live = {}
+
+    class KeepStageOutputs(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):  # the stage model as training left it
+            live[self.model.stage.index] = keras.ops.convert_to_numpy(self.model(inputs, training=False))
+
+    task = build_task("rotation", 32, head_hidden=16)
+    examples = [task.preprocess(image, np.array([0, i]), 3) for i, image in enumerate(synthetic_images(6, seed=4))]
+    inputs = np.stack([keras.ops.convert_to_numpy(x) for x, _ in examples])
+    config = tiny_config(tmp_path)
+    Trainer(config, callbacks=[KeepStageOutputs()], source=synthetic_source, verbose=0).train()
+    run = find_run(config.output_dir)
+    heads = load_stage_heads(run)
+    assert [(h.stage, h.level, h.last_block) for h in heads] == [(1, 1, "B3"), (2, 2, "B4"), (3, 3, "B5")]
+    assert run_task(run).get_config() == task.get_config()
+    for head in heads:
+        backbone = keras.saving.load_model(os.path.join(run.path, f"stage{head.stage}_backbone.keras"), safe_mode=True)
+        logits = keras.ops.convert_to_numpy(stage_logits(backbone, head, task, inputs))
+        assert logits.shape == (6, task.num_classes(head.level))
+        np.testing.assert_array_equal(logits, live[head.stage])  # the same computation, bit for bit
+    # A run from before heads were kept still loads; it simply has none.
+    run.summary["stages"] = [{k: v for k, v in s.items() if k != "head_file"} for s in run.summary["stages"]]
+    assert load_stage_heads(run) == []

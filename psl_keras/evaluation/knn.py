@@ -12,15 +12,20 @@ from psl_keras import data as data_lib
 from psl_keras.evaluation.preprocessing import center_view
 
 
-def extract_features(backbone, source, image_size, blocks, batch_size=256, limit=None, verbose=0):
-    """({block: L2-normalised global-average-pooled features [N, C]}, labels [N]) of a source."""
+def pooled_features(backbone, images, blocks):
+    """{block: L2-normalised global-average-pooled features} of a batch of model-ready images."""
+    outputs = backbone(images, training=False)
+    return {b: tf.math.l2_normalize(tf.reduce_mean(outputs[b], axis=[1, 2]), axis=-1) for b in blocks}
+
+
+def extract_features(backbone, source, image_size, blocks, batch_size=256, limit=None, verbose=0, on_progress=None):
+    """({block: L2-normalised global-average-pooled features [N, C]}, labels [N]) of a source.
+
+    `on_progress(done, total)` is called after every batch (e.g. a web page's progress bar)."""
     source = source.head(limit) if limit else source
     pipeline = data_lib.eval_pipeline(source, lambda image: center_view(image, image_size), batch_size)
 
-    @tf.function
-    def pooled(images):
-        outputs = backbone(images, training=False)
-        return {b: tf.math.l2_normalize(tf.reduce_mean(outputs[b], axis=[1, 2]), axis=-1) for b in blocks}
+    pooled = tf.function(lambda images: pooled_features(backbone, images, blocks))
 
     features = {b: [] for b in blocks}
     labels = []
@@ -30,6 +35,8 @@ def extract_features(backbone, source, image_size, blocks, batch_size=256, limit
             features[b].append(f.numpy())
         labels.append(batch_labels.numpy())
         progbar.add(len(batch_labels))
+        if on_progress is not None:
+            on_progress(sum(len(l) for l in labels), source.num_examples)
     return {b: np.concatenate(f) for b, f in features.items()}, np.concatenate(labels)
 
 

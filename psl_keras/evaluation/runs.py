@@ -8,8 +8,7 @@ import keras
 
 from psl_keras.backbones import backbone_blocks, backbone_image_size
 from psl_keras.errors import PSLError
-
-BACKBONE_FILE = "backbone.keras"
+from psl_keras.rundir import BACKBONE_FILE, SUMMARY_FILE
 
 
 @dataclasses.dataclass
@@ -32,7 +31,7 @@ def find_run(path, name=None):
             f"written by train.py (or .keras backbone files); an interrupted run finishes with train.py --resume."
         )
     summary = {}
-    summary_path = os.path.join(path, "summary.json")
+    summary_path = os.path.join(path, SUMMARY_FILE)
     if os.path.isfile(summary_path):
         with open(summary_path) as f:
             summary = json.load(f)
@@ -85,3 +84,60 @@ def check_resolution(backbone, source, run_name):
             f"train a backbone for this data."
         )
     return size
+
+
+@dataclasses.dataclass
+class StageHead:
+    """A trained stage head and what it belongs to (from summary.json)."""
+
+    stage: int
+    level: int
+    last_block: str  # "B3": the block whose features the head reads
+    description: str  # e.g. "rotation R2 = {0, 90, 180, 270} degrees"
+    head: object  # the keras.Model
+
+
+def load_stage_heads(run):
+    """The stage heads a run kept (`stage{i}_head.keras`, loaded in safe mode), in stage order.
+
+    [] for a run trained before heads were kept; a PSLError names a head that is listed but missing or damaged.
+    """
+    heads = []
+    for entry in sorted(run.summary.get("stages", []), key=lambda s: s["stage"]):
+        if "head_file" not in entry:
+            return []
+        path = os.path.join(run.path, entry["head_file"])
+        if not os.path.isfile(path) or not os.path.getsize(path):
+            raise PSLError(f"Run {run.name}: {path} is missing or empty, although summary.json lists it. The run's "
+                           f"backbone still serves retrieval; retrain the run to get its heads back.")
+        try:
+            head = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as err:  # a truncated or foreign file
+            raise PSLError(f"Run {run.name}: cannot load {path}, it is damaged or not a Keras model "
+                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]}).") from None
+        heads.append(StageHead(entry["stage"], entry["level"], entry["last_block"], entry.get("task_level", ""),
+                               head))
+    return heads
+
+
+def run_task(run):
+    """The run's pretext task, rebuilt from its summary (the same levels, pipeline and head layout)."""
+    from psl_keras.tasks import build_task
+
+    config = run.summary.get("config")
+    if not config:
+        raise PSLError(f"Run {run.name} has no summary.json with its configuration.")
+    return build_task(config["task"], config["image_size"], config.get("head_hidden", 256),
+                      options=config.get("task_options", {}))
+
+
+def stage_logits(backbone, stage_head, task, inputs):
+    """Logits of a stage head on a batch of task inputs: the backbone up to the head's block, then the head.
+
+    The same computation as the stage model in inference mode: the blocks run one after another (they take
+    any spatial size, jigsaw tiles included), the head reads the last one.
+    """
+    x = task.backbone_images(inputs)
+    for block in backbone_blocks(backbone)[: int(stage_head.last_block[1:])]:
+        x = block(x, training=False)
+    return stage_head.head(x, training=False)

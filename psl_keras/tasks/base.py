@@ -41,6 +41,16 @@ class Task:
         """
         raise NotImplementedError
 
+    def make_example(self, image, seed, level, label=None):
+        """`preprocess` with the label chosen by the caller (None: drawn from `seed`, as in training).
+
+        What the demo shows: a given rotation, a given permutation. Tasks whose labels cannot be chosen keep
+        this default, which only accepts label=None.
+        """
+        if label is not None:
+            raise NotImplementedError(f"Task {self.name} cannot make an example with a chosen label.")
+        return self.preprocess(image, seed, level)
+
     def backbone_images(self, inputs):
         """Turns a batch of task inputs into the image batch the backbone sees (identity by default)."""
         return inputs

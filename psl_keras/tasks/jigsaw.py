@@ -217,16 +217,22 @@ class JigsawTask(Task):
     def preprocess(self, image, seed, level):
         return self.make_puzzle(image, seed, level)
 
-    def make_puzzle(self, image, seed, level, normalize=True):
+    def make_example(self, image, seed, level, label=None):
+        """`preprocess` with the permutation chosen (its index in C_level), e.g. by the demo."""
+        return self.make_puzzle(image, seed, level, label=label)
+
+    def make_puzzle(self, image, seed, level, normalize=True, label=None):
         """(puzzle [9, t, t, 3], label) for one uint8 image; `normalize=False` keeps the raw tiles."""
         tile_seed, label_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
         image = tf.image.convert_image_dtype(image, tf.float32)
         tiles = self.grid_tiles(image, tile_seed)
         if normalize:
             tiles = normalize_tile(self._tile_augment(tiles, augment_seed))
-        label = tf.random.stateless_uniform(
-            [], label_seed, minval=0, maxval=self.num_classes(level), dtype=tf.int32
-        )
+        if label is None:
+            label = tf.random.stateless_uniform(
+                [], label_seed, minval=0, maxval=self.num_classes(level), dtype=tf.int32
+            )
+        label = tf.cast(label, tf.int32)
         permutation = tf.gather(tf.constant(self.level_permutations(level), tf.int32), label)
         # Position i of the puzzle shows tile permutation[i] of the grid.
         return tf.gather(tiles, permutation), label

@@ -117,10 +117,16 @@ class RotationTask(Task):
         return apply_transform(image, transform, self.image_size)
 
     def preprocess(self, image, seed, level):
+        return self.make_example(image, seed, level)
+
+    def make_example(self, image, seed, level, label=None):
+        """`preprocess` with the rotation chosen (label k = k * 360 / |R_level| degrees), e.g. by the demo."""
         label_seed, flip_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-        label = tf.random.stateless_uniform(
-            [], label_seed, minval=0, maxval=self.num_classes(level), dtype=tf.int32
-        )
+        if label is None:
+            label = tf.random.stateless_uniform(
+                [], label_seed, minval=0, maxval=self.num_classes(level), dtype=tf.int32
+            )
+        label = tf.cast(label, tf.int32)
         flip = tf.cast(tf.random.stateless_uniform([], flip_seed) < 0.5, tf.int32)
         offset_unit = tf.random.stateless_uniform([2], offset_seed, minval=-1.0, maxval=1.0)
         image = tf.image.convert_image_dtype(image, tf.float32)

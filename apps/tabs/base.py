@@ -1,0 +1,78 @@
+"""What a prediction tab gets from the app, and the layout every tab shares: an image, a run, one column
+per stage with its head's answer."""
+
+import gradio as gr
+import numpy as np
+
+from psl_keras.errors import PSLError
+
+MAX_STAGES = 3
+
+
+def softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+class PredictionTab:
+    """Base of the per-task tabs. Subclasses set `task` and `title` and implement `build`."""
+
+    task = None  # the registered task name whose runs this tab explains
+    title = ""
+
+    def __init__(self, app):
+        self.app = app
+
+    def build(self):
+        raise NotImplementedError
+
+    # --- shared pieces ------------------------------------------------------------------------------
+    def image_inputs(self):
+        """Upload or gallery example, as a row of components: (upload, example number, random button)."""
+        with gr.Row():
+            upload = gr.File(label="Image (upload)", file_count="single", height=120)
+            with gr.Column():
+                example = gr.Number(label=f"…or gallery image # ({self.app.gallery.spec})", value=0, precision=0)
+                shuffle = gr.Button("Random gallery image", size="sm")
+        shuffle.click(self.app.random_example, outputs=[upload, example], api_name=False)
+        return upload, example
+
+    def stage_columns(self, picture_label):
+        """Up to three stage columns: (column, title, probabilities, picture, verdict) each."""
+        slots = []
+        with gr.Row():
+            for i in range(MAX_STAGES):
+                with gr.Column(visible=False, elem_classes=["stage-column"]) as column:
+                    title = gr.Markdown(f"### S{i + 1}")
+                    probabilities = gr.Label(label="head's probabilities", num_top_classes=8)
+                    picture = gr.Image(label=picture_label, height=200, interactive=False, buttons=[])
+                    verdict = gr.Markdown()
+                slots.append((column, title, probabilities, picture, verdict))
+        return slots
+
+    def loaded_run(self, run_name):
+        """The run picked in the tab, loaded, with its stage heads; a PSLError says what is missing."""
+        loaded = self.app.load_run(run_name)
+        if loaded.info.task != self.task:
+            raise PSLError(f"Run {run_name} was trained on {loaded.info.task or 'an unknown task'}, not {self.task}; "
+                           f"pick a {self.task} run (the Runs tab lists them).")
+        stages = loaded.stages()
+        if not stages:
+            raise PSLError(
+                f"Run {run_name} has no stage heads: it was trained before runs kept them, so only retrieval "
+                f"works with it. Train a run that keeps its heads, e.g.: python train.py --task {self.task} "
+                f"--config cifar10_small --data_dir ../shared/tfds --output_dir runs/{self.task}_psl")
+        return loaded, stages
+
+    @staticmethod
+    def stage_outputs(results):
+        """Flat gradio outputs for the stage columns from [(title, probabilities, picture, verdict)]."""
+        flat = []
+        for i in range(MAX_STAGES):
+            if i < len(results):
+                title, probabilities, picture, verdict = results[i]
+                flat += [gr.update(visible=True), title, probabilities, picture, verdict]
+            else:
+                flat += [gr.update(visible=False), "", None, None, ""]
+        return flat

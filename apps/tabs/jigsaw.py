@@ -1,0 +1,90 @@
+"""Jigsaw tab: the image cut into the run's 3x3 puzzle, each stage's head naming the permutation."""
+
+import gradio as gr
+import numpy as np
+import tensorflow as tf
+
+from apps.core import for_display
+from apps.tabs.base import PredictionTab, softmax
+from psl_keras.evaluation.runs import stage_logits
+
+GAP = 2  # pixels between tiles in the pictures
+
+
+def grid_picture(tiles, order=None):
+    """Nine tiles [9, t, t, 3] as a 3x3 picture with gaps; `order[k]` is the grid cell of tile k."""
+    tiles = np.clip(np.asarray(tiles, np.float32), 0.0, 1.0)
+    side = tiles.shape[1]
+    picture = np.ones((3 * side + 2 * GAP, 3 * side + 2 * GAP, 3), np.float32)
+    for k in range(9):
+        cell = k if order is None else int(order[k])
+        row, col = divmod(cell, 3)
+        y, x = row * (side + GAP), col * (side + GAP)
+        picture[y:y + side, x:x + side] = tiles[k]
+    return for_display(picture)
+
+
+def permutation_text(permutation):
+    return "".join(str(int(v)) for v in permutation)
+
+
+class JigsawTab(PredictionTab):
+    task = "jigsaw"
+    title = "Jigsaw"
+    picture_label = "the tiles put back by the top guess"
+
+    def build(self):
+        with gr.Tab(self.title, id="jigsaw", elem_id="jigsaw"):
+            gr.Markdown("Cut an image into the run's 3x3 puzzle and shuffle it by a permutation of one level's set; "
+                        "every stage's head names the permutation from its own set (C1 ⊂ C2 ⊂ C3).")
+            run = self.app.run_dropdown(self.task)
+            upload, example = self.image_inputs()
+            with gr.Row():
+                level = gr.Dropdown([("C1", 1), ("C2", 2), ("C3", 3)], value=1, label="Set of the applied permutation")
+                index = gr.Number(label="Permutation index in that set (-1: random)", value=-1, precision=0)
+                seed = gr.Number(label="Seed (crop, tiles, random permutation)", value=0, precision=0)
+            button = gr.Button("Solve the puzzle", variant="primary")
+            with gr.Row():
+                view = gr.Image(label="The puzzle as the model sees it (tiles in input order)", height=220,
+                                interactive=False, buttons=[])
+                status = gr.Markdown()
+            slots = self.stage_columns(self.picture_label)
+            outputs = [view, status] + [c for slot in slots for c in slot]
+            button.click(self.app.guarded(self.predict), [run, upload, example, level, index, seed], outputs,
+                         api_name="jigsaw")
+
+    def predict(self, run_name, upload, example, level, index, seed):
+        loaded, stages = self.loaded_run(run_name)
+        image, described = self.app.input_image(upload, example, loaded.image_size)
+        task = loaded.task
+        level, seed = int(level), int(seed or 0)
+        permutations = task.level_permutations(level)
+        index = int(-1 if index is None else index)
+        if index < 0:
+            index = int(np.random.default_rng(seed).integers(len(permutations)))
+        elif index >= len(permutations):
+            raise gr.Error(f"Permutation index {index} is outside C{level}, which has {len(permutations)} "
+                           f"permutations (0..{len(permutations) - 1}).")
+        puzzle, label = task.make_example(tf.constant(image), tf.constant([seed, 0], tf.int64), level, index)
+        puzzle = puzzle.numpy()
+        applied = tuple(int(v) for v in permutations[int(label)])
+        results = []
+        for head, backbone in stages:
+            probabilities = softmax(np.asarray(stage_logits(backbone, head, task, puzzle[None]))[0])
+            head_set = task.level_permutations(head.level)
+            top = np.argsort(-probabilities, kind="stable")[:5]
+            best = tuple(int(v) for v in head_set[top[0]])
+            if int(label) >= len(head_set):  # the sets nest as prefixes
+                verdict = (f"**Not in its set:** S{head.stage} knows C{head.level} ({len(head_set)} permutations); "
+                           f"it guessed #{int(top[0])}")
+            elif best == applied:
+                verdict = f"**Right:** #{int(top[0])} ({permutation_text(best)})"
+            else:
+                verdict = f"**Wrong:** guessed #{int(top[0])} ({permutation_text(best)})"
+            title = f"### S{head.stage} · head on {head.last_block} · C{head.level} ({len(head_set)})"
+            top5 = {f"#{int(i)} {permutation_text(head_set[i])}": float(probabilities[i]) for i in top}
+            results.append((title, top5, grid_picture(puzzle, best), verdict))
+        status = (f"**{described}**, shuffled by **#{int(label)} {permutation_text(applied)}** of C{level} "
+                  f"(seed {seed}): input slot k shows grid cell permutation[k]. Each picture below puts the tiles "
+                  f"back where that stage's top guess says they belong.")
+        return [grid_picture(puzzle), status] + self.stage_outputs(results)
