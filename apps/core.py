@@ -62,14 +62,16 @@ class RunInfo:
                              if s.get("final_accuracy") is not None)
         knn = " · ".join(f"S{s['stage']} {s['last_block']} {100 * s['knn_accuracy']:.1f}%" for s in stages
                          if s.get("knn_accuracy") is not None)
-        epochs = c.get("epochs_per_stage", "")
+        epochs = f"{len(stages)} x {c.get('epochs_per_stage', '?')}"
         if c.get("mode") == "e2e" and stages:
-            epochs = f"{stages[0].get('epochs', '')} (one stage)"
+            epochs = f"{stages[0].get('epochs', '?')}"
+        dataset = self.summary.get("dataset", {}).get("name") or c.get("dataset", "?")
+        heads = f"{len(stages)}" if self.has_heads else "none (retrieval only)"
         return [self.name, c.get("task", "?"), c.get("mode", "?"), f"{c.get('backbone', '?')} x{c.get('width', '?')}",
-                c.get("dataset", "?"), epochs, pretext, knn or "-", self.problem or "ready"]
+                dataset, epochs, pretext or "-", knn or "-", heads, self.problem or "ready"]
 
 
-RUN_COLUMNS = ["run", "task", "mode", "backbone", "dataset", "epochs/stage", "pretext accuracy", "kNN (monitor)",
+RUN_COLUMNS = ["run", "task", "mode", "backbone", "data", "epochs", "pretext accuracy", "kNN monitor", "heads",
                "status"]
 
 

@@ -179,7 +179,9 @@ class DemoApp:
                 with gr.Tab("Runs", id="runs", elem_id="runs"):
                     rows, message = self.runs_table()
                     runs_message = gr.Markdown(message)
-                    table = gr.Dataframe(rows, headers=self.core.RUN_COLUMNS, interactive=False, wrap=True)
+                    table = gr.Dataframe(rows, headers=self.core.RUN_COLUMNS, interactive=False, wrap=True,
+                                         column_widths=["13%", "7%", "5%", "10%", "7%", "6%", "18%", "13%", "8%",
+                                                        "13%"])
                     refresh = gr.Button("Refresh runs")
                 for name, tab in PREDICTION_TABS.items():
                     tab(self).build()

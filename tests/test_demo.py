@@ -201,6 +201,8 @@ def test_runs_without_heads_or_with_damaged_files_get_a_message(demo):
     assert rows["damaged"][-1] == "backbone.keras is damaged (not a .keras archive)"
     assert rows["rotation_psl"][1:3] == ["rotation", "psl"] and rows["rotation_psl"][-1] == "ready"
     assert rows["rotation_psl"][6].startswith("S1 ") and " · S3 " in rows["rotation_psl"][6]  # pretext accuracy
+    assert rows["rotation_psl"][4:6] == ["synthetic", "3 x 1"] and rows["rotation_psl"][8] == "3"
+    assert rows["old/rotation_no_heads"][8] == "none (retrieval only)"
     # The rotation tab offers runs with heads first; damaged runs are not offered at all.
     assert runs[2]["choices"][0][0] == "broken" and [c[0] for c in runs[2]["choices"]][-1] == "old/rotation_no_heads"
 
