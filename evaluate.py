@@ -61,15 +61,14 @@ def _neighbours():
 
 
 def _learning_rate():
-    """--lr, or the probe's default: 0.01 for linear heads on ~9k-dim pooled features (on CIFAR-10 rotation
-    runs, 0.1 left the probe loss at ~13 after 2 epochs and cost 2-4 points per block), 0.1 for semi."""
-    if FLAGS.lr is not None:
-        if FLAGS.lr <= 0:
-            from psl_keras.errors import PSLError
+    """--lr, or None for the protocol's default (protocols.LINEAR_LR = 0.01 for linear heads on ~9k-dim pooled
+    features: on CIFAR-10 rotation runs 0.1 left the probe loss at ~13 after 2 epochs and cost 2-4 points per
+    block; protocols.SEMI_LR = 0.1 for semi)."""
+    if FLAGS.lr is not None and FLAGS.lr <= 0:
+        from psl_keras.errors import PSLError
 
-            raise PSLError(f"--lr={FLAGS.lr}: the learning rate must be positive.")
-        return FLAGS.lr
-    return 0.1 if FLAGS.probe == "semi" else 0.01
+        raise PSLError(f"--lr={FLAGS.lr}: the learning rate must be positive.")
+    return FLAGS.lr
 
 
 def _config():
@@ -110,6 +109,8 @@ def run_evaluation():
     sources = protocols.load_sources(config)
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
     settings.update(probe=FLAGS.probe, strategy=FLAGS.strategy)
+    if config.lr is None:  # record the rate the protocol used
+        settings["lr"] = protocols.SEMI_LR if FLAGS.probe == "semi" else protocols.LINEAR_LR
     dataset = f"{config.dataset} {config.eval_split}"
     tables = {}
     if FLAGS.probe in ("all-blocks", "transfer"):

@@ -239,6 +239,15 @@ def _load_folder(root, split):
                        class_names=tuple(classes))
 
 
+def steps_per_epoch(source, global_batch_size, cap=0):
+    """Full global batches in one pass over `source` (the last partial batch is dropped), at most `cap` if set."""
+    full = source.num_examples // global_batch_size
+    if full < 1:
+        raise PSLError(f"{source.name} {source.split} has {source.num_examples} examples, fewer than one batch of "
+                       f"--batch_size={global_batch_size}.")
+    return min(full, cap) if cap else full
+
+
 def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000,
                       skip_steps=0):
     """Shards, shuffles, preprocesses and batches a source for one epoch.

@@ -6,10 +6,23 @@ its loss for kernels only, which is the coupled decay of the paper's Caffe/PyTor
 """
 
 import keras
+from keras import ops
 
 from psl_keras.errors import PSLError
 
 SCHEDULES = ("step", "cosine", "constant")
+
+
+def decayed(variables):
+    """The variables weight decay applies to: kernels (rank >= 2), never biases or BatchNorm vectors."""
+    return [v for v in variables if len(v.shape) > 1]
+
+
+def l2_penalty(variables, weight_decay, replicas=1):
+    """Coupled L2 decay, 0.5 * wd * |w|^2 over the kernels among `variables`, divided by the replica count
+    because each replica adds it to its loss and the optimizer sums the replicas' gradients."""
+    squares = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in decayed(variables)]
+    return 0.5 * weight_decay * ops.sum(squares) / replicas
 
 
 def parse_pattern(text):

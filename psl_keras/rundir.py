@@ -1,8 +1,25 @@
-"""The files of a run directory, named in one place for the trainer, the evaluation code and the demo."""
+"""A run directory: the files train.py writes, its progress state, and writes that never leave half a file.
+
+  checkpoints/     tf.train checkpoints (backbone, current head, current optimizer); .workers/ in multi-worker runs
+  state.json       RunState: progress, replaced atomically after each checkpoint; what --resume reads
+  stage{i}_backbone.keras, stage{i}_head.keras, backbone.keras, summary.json, log.csv, tensorboard/
+
+The trainer, the evaluation code and the demo name these files through this module only.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+from psl_keras.errors import PSLError
 
 BACKBONE_FILE = "backbone.keras"  # the trained backbone alone: images in [0, 1] -> {"B1": ..., "B5": ...}
 SUMMARY_FILE = "summary.json"  # config, task, per-stage results
 STATE_FILE = "state.json"  # progress; what --resume reads
+LOG_FILE = "log.csv"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def stage_backbone_file(stage_index):
@@ -13,3 +30,126 @@ def stage_backbone_file(stage_index):
 def stage_head_file(stage_index):
     """Head g_i of stage `stage_index`: features of the stage's last block -> logits of its level."""
     return f"stage{stage_index}_head.keras"
+
+
+def write_json_atomic(path, payload):
+    """Writes JSON so that a crash leaves either the old file or the new one, never half of one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_keras_atomic(model, path):
+    """Saves a `.keras` file through a temporary name, so an interrupted save never replaces a good file."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp_{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands; state.json holds it after every checkpoint."""
+
+    config: dict
+    stage: int = 1  # the stage in progress, or the last one finished
+    epoch: int = 0  # epochs of `stage` done
+    step: int = 0  # steps done inside the next epoch (a mid-epoch checkpoint)
+    totals: dict = None  # the running loss/accuracy sums of that partial epoch
+    checkpoint: str = None  # the checkpoint holding the weights and optimizer state of this point
+    stages: list = dataclasses.field(default_factory=list)  # the result of every finished stage
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def start_stage(self, index):
+        self.stage, self.epoch, self.step, self.totals = index, 0, 0, None
+
+    def record(self, stage, epoch, step, totals, checkpoint):
+        """`epoch` epochs and `step` more steps of `stage` are done and saved in `checkpoint`."""
+        self.stage, self.epoch, self.step = stage, epoch, step
+        self.totals = dict(totals) if totals else None
+        self.checkpoint = checkpoint
+
+    def finish_stage(self, result):
+        self.stages = [s for s in self.stages if s["stage"] != result["stage"]] + [result]
+
+
+class RunDirectory:
+    """The run directory of one training process. Only the chief writes files; other workers keep their
+    share of each checkpoint under .workers/ and remove it at the end."""
+
+    def __init__(self, path, chief=True, worker=0):
+        self.path = path
+        self.chief = chief
+        self.worker = worker
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    @property
+    def checkpoint_dir(self):
+        if self.chief:
+            return self.file("checkpoints")
+        return self.file(os.path.join(".workers", f"worker_{self.worker}"))
+
+    def open(self, config, resume, resumable_fields):
+        """The saved RunState to continue (None: start fresh), after the checks that protect a run.
+
+        Without `resume` an existing run is never overwritten; with it, every setting outside
+        `resumable_fields` must equal the saved run's (`config` is the new run's TrainConfig as a dict).
+        """
+        state_path = self.file(STATE_FILE)
+        exists = os.path.exists(state_path)
+        if not resume:
+            if exists:
+                raise PSLError(f"{self.path} already holds a run. Pass --resume to continue it, or choose a new "
+                               f"--output_dir (nothing was overwritten).")
+            return None
+        if not exists:
+            if os.path.isdir(self.path) and os.listdir(self.path):
+                raise PSLError(f"--resume: {self.path} has no {STATE_FILE}, so it is not a psl-keras run that "
+                               f"can be resumed. Check --output_dir.")
+            return None  # nothing to resume: start fresh
+        try:
+            with open(state_path) as f:
+                state = RunState.from_dict(json.load(f))
+        except (OSError, ValueError, TypeError) as err:
+            raise PSLError(f"--resume: cannot read {state_path} ({err}).") from None
+        saved = state.config or {}
+        mismatched = {k: (saved.get(k), v) for k, v in config.items()
+                      if k not in resumable_fields and k in saved and saved[k] != v}
+        if mismatched:
+            details = ", ".join(f"--{k}: run has {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
+            raise PSLError(f"--resume: the run in {self.path} was started with other settings ({details}). Resume "
+                           f"with the same flags (the run's config is in {state_path}) or use a new --output_dir.")
+        return state
+
+    def prepare(self):
+        if self.chief:
+            os.makedirs(self.path, exist_ok=True)
+
+    def write_state(self, state):
+        if self.chief:
+            write_json_atomic(self.file(STATE_FILE), state.to_dict())
+
+    def write_summary(self, summary):
+        if self.chief:
+            write_json_atomic(self.file(SUMMARY_FILE), summary)
+
+    def save_model(self, model, name):
+        if self.chief:
+            save_keras_atomic(model, self.file(name))
+
+    def finish(self):
+        """Non-chief workers remove their checkpoint copies (the chief's are the run's)."""
+        if not self.chief:
+            shutil.rmtree(self.file(".workers"), ignore_errors=True)

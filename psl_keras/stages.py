@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from psl_keras import optim
 from psl_keras.errors import PSLError
 
 MODES = ("psl", "sl", "psl_f", "e2e")
@@ -132,10 +133,6 @@ class StageModel(keras.Model):
             variables.extend(layer.trainable_variables)
         return variables
 
-    def decayed_variables(self):
-        # Kernels are the rank>=2 weights; biases and BatchNorm scale/offset are vectors.
-        return [v for v in self.stage_variables if len(v.shape) > 1]
-
     def train_step(self, data):
         inputs, labels = data
         variables = self.stage_variables
@@ -147,8 +144,7 @@ class StageModel(keras.Model):
             per_example = self.task.per_example_loss(labels, outputs)
             loss = ops.sum(per_example) / self.global_batch_size
             if self.weight_decay:
-                l2 = ops.sum([ops.sum(ops.square(ops.cast(v, "float32"))) for v in self.decayed_variables()])
-                loss = loss + 0.5 * self.weight_decay * l2 / replicas
+                loss = loss + optim.l2_penalty(variables, self.weight_decay, replicas)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))

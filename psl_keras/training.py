@@ -4,18 +4,10 @@ One loop serves every strategy, multi-worker included (where Keras 3's `fit()` f
 dataset per epoch, a `tf.function` that calls `strategy.run(stage_model.train_step)`, sums all-reduced for
 logging, `keras.utils.Progbar` and a `keras.callbacks.CallbackList` (CSV, TensorBoard, user callbacks).
 
-Run directory:
-  checkpoints/     tf.train checkpoints after every epoch (backbone, current head, current optimizer)
-  state.json       progress, replaced atomically after each checkpoint; what --resume reads
-  stage{i}_backbone.keras, backbone.keras   the backbone alone (no heads) after each stage / at the end
-  stage{i}_head.keras   head g_i (features of the stage's last block -> logits of its level)
-  log.csv, tensorboard/, summary.json
+The run directory and its progress state are `psl_keras.rundir.RunDirectory` and `RunState`.
 """
 
-import json
 import os
-import shutil
-import tempfile
 import time
 
 import keras
@@ -28,38 +20,14 @@ from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.callbacks import RunCSVLogger
 from psl_keras.config import TrainConfig
 from psl_keras.errors import PSLError
-from psl_keras.rundir import BACKBONE_FILE, STATE_FILE, SUMMARY_FILE, stage_backbone_file, stage_head_file
+from psl_keras.rundir import (BACKBONE_FILE, LOG_FILE, TENSORBOARD_DIR, RunDirectory, RunState, stage_backbone_file,
+                              stage_head_file)
+from psl_keras.seeds import DATA_SEED, HEAD_SEED, derived_seed
 from psl_keras.tasks import build_task
 
 # Settings that may change when a run is resumed; anything else must match the saved run.
 RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "checkpoint_every_steps",
                     "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size"}
-
-
-def write_json_atomic(path, payload):
-    """Writes JSON so that a crash leaves either the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_keras_atomic(model, path):
-    """Saves a `.keras` file through a temporary name, so an interrupted save never replaces a good file."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp_{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def derived_seed(*parts):
-    """A 31-bit seed from non-negative integers, e.g. (run seed, purpose, stage, epoch)."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
-
-
-DATA_SEED, HEAD_SEED = 1, 2  # purposes, so data and head initialisation never share a seed
 
 
 def stage_epochs(config):
@@ -88,7 +56,7 @@ class Trainer:
         self.resume = resume
         self.chief = distribute.is_chief(self.strategy)
         self.verbose = verbose if self.chief else 0
-        self.output_dir = config.output_dir
+        self.run_dir = RunDirectory(config.output_dir, self.chief, distribute.worker_id(self.strategy))
         self._validate()
 
     # --- set-up ---------------------------------------------------------------------------------------
@@ -104,43 +72,8 @@ class Trainer:
         if c.steps_per_epoch < 0:
             raise PSLError(f"--steps_per_epoch must be 0 (full epochs) or a positive cap.")
         optim.parse_pattern(c.schedule_pattern)
-        self.plan = stages.stage_plan(c.mode, 3, stages.parse_windows(c.stage_windows))
-
-    def _load_state(self):
-        state_path = os.path.join(self.output_dir, STATE_FILE)
-        exists = os.path.exists(state_path)
-        if not self.resume:
-            if exists:
-                raise PSLError(
-                    f"{self.output_dir} already holds a run. Pass --resume to continue it, or choose a new "
-                    f"--output_dir (nothing was overwritten)."
-                )
-            return None
-        if not exists:
-            if os.path.isdir(self.output_dir) and os.listdir(self.output_dir):
-                raise PSLError(
-                    f"--resume: {self.output_dir} has no {STATE_FILE}, so it is not a psl-keras run that "
-                    f"can be resumed. Check --output_dir."
-                )
-            return None  # nothing to resume: start fresh
-        try:
-            with open(state_path) as f:
-                state = json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
-            raise PSLError(f"--resume: cannot read {state_path} ({err}).") from None
-        saved = state.get("config", {})
-        mismatched = {
-            k: (saved.get(k), v)
-            for k, v in self.config.to_dict().items()
-            if k not in RESUMABLE_FIELDS and k in saved and saved[k] != v
-        }
-        if mismatched:
-            details = ", ".join(f"--{k}: run has {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
-            raise PSLError(
-                f"--resume: the run in {self.output_dir} was started with other settings ({details}). "
-                f"Resume with the same flags (the run's config is in {state_path}) or use a new --output_dir."
-            )
-        return state
+        self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
+        self.plan = stages.stage_plan(c.mode, self.task.num_levels, stages.parse_windows(c.stage_windows))
 
     def _build(self):
         c = self.config
@@ -149,7 +82,6 @@ class Trainer:
             # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
             policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
             keras.mixed_precision.set_dtype_policy(policy)
-        self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
         self.source = self._given_source or data_lib.load_images(c.dataset, c.data_dir or None, c.split)
         if self.source.image_shape is not None and min(self.source.image_shape[:2]) < c.image_size / 2:
             raise PSLError(
@@ -162,22 +94,7 @@ class Trainer:
             self.backbone = build_backbone(c.backbone, c.image_size, stem=stem, width=c.width, sync_bn=c.sync_bn)
         self.blocks = backbone_blocks(self.backbone)
 
-    def _steps_per_epoch(self):
-        full = self.source.num_examples // self.config.batch_size
-        if full < 1:
-            raise PSLError(
-                f"{self.source.name} has {self.source.num_examples} examples, fewer than one batch of "
-                f"--batch_size={self.config.batch_size}."
-            )
-        return min(full, self.config.steps_per_epoch) if self.config.steps_per_epoch else full
-
     # --- files ----------------------------------------------------------------------------------------
-    def _checkpoint_dir(self):
-        if self.chief:
-            return os.path.join(self.output_dir, "checkpoints")
-        # Every worker must take part in saving; only the chief's copy is kept.
-        return os.path.join(self.output_dir, ".workers", f"worker_{distribute.worker_id(self.strategy)}")
-
     def _knn_monitor(self):
         """The kNN callback of --knn_monitor (built once; it must run before the loggers read the logs)."""
         if not hasattr(self, "_knn"):
@@ -197,10 +114,8 @@ class Trainer:
             callbacks.insert(0, self._knn_monitor())
         if self.chief:
             callbacks += [
-                RunCSVLogger(os.path.join(self.output_dir, "log.csv")),
-                keras.callbacks.TensorBoard(
-                    os.path.join(self.output_dir, "tensorboard"), write_graph=False, update_freq="epoch"
-                ),
+                RunCSVLogger(self.run_dir.file(LOG_FILE)),
+                keras.callbacks.TensorBoard(self.run_dir.file(TENSORBOARD_DIR), write_graph=False, update_freq="epoch"),
             ]
         return keras.callbacks.CallbackList(callbacks, model=stage_model)
 
@@ -241,35 +156,32 @@ class Trainer:
 
     def train(self):
         c = self.config
-        state = self._load_state()
-        if self.chief:
-            os.makedirs(self.output_dir, exist_ok=True)
+        state = self.run_dir.open(c.to_dict(), self.resume, RESUMABLE_FIELDS)
+        self.run_dir.prepare()
         self._build()
-        state = state or {"config": c.to_dict(), "stage": 1, "epoch": 0, "step": 0, "totals": None,
-                          "checkpoint": None, "stages": []}
-        state.setdefault("step", 0)
-        state["config"] = c.to_dict()
-        steps_per_epoch = self._steps_per_epoch()
+        state = state or RunState(c.to_dict())
+        state.config = c.to_dict()
+        steps_per_epoch = data_lib.steps_per_epoch(self.source, c.batch_size, c.steps_per_epoch)
         epochs = stage_epochs(c)
         run_start = time.time()
-        global_epoch = sum(epochs for s in self.plan if s.index < state["stage"]) + state["epoch"]
+        global_epoch = sum(epochs for s in self.plan if s.index < state.stage) + state.epoch
 
-        if state["checkpoint"]:
+        if state.checkpoint:
             # Backbone weights from the last checkpoint; the head and optimizer too if the stage is unfinished.
             self._restore_backbone(state)
 
         for stage in self.plan:
-            if stage.index < state["stage"] or (stage.index == state["stage"] and state["epoch"] >= epochs):
+            if stage.index < state.stage or (stage.index == state.stage and state.epoch >= epochs):
                 continue
             model = self._stage_model(stage, steps_per_epoch, epochs)
             checkpoint = tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer)
-            manager = tf.train.CheckpointManager(checkpoint, self._checkpoint_dir(), max_to_keep=2)
-            resuming = stage.index == state["stage"] and (state["epoch"] or state["step"])
-            first_epoch = state["epoch"] if resuming else 0
+            manager = tf.train.CheckpointManager(checkpoint, self.run_dir.checkpoint_dir, max_to_keep=2)
+            resuming = stage.index == state.stage and (state.epoch or state.step)
+            first_epoch = state.epoch if resuming else 0
             if resuming:
-                checkpoint.restore(state["checkpoint"]).expect_partial()
+                checkpoint.restore(state.checkpoint).expect_partial()
             else:
-                state.update(stage=stage.index, epoch=0, step=0, totals=None)
+                state.start_stage(stage.index)
             if self.verbose:
                 print(f"\n{stage.describe()} ({self.task.describe_level(stage.level)}), "
                       f"{epochs} epochs x {steps_per_epoch} steps, batch {c.batch_size}, "
@@ -278,27 +190,24 @@ class Trainer:
                 stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch
             )
             global_epoch += epochs - first_epoch
-            state["stages"] = [s for s in state["stages"] if s["stage"] != stage.index] + [stage_result]
-            if self.chief:
-                save_keras_atomic(self.backbone, os.path.join(self.output_dir, stage_backbone_file(stage.index)))
-                save_keras_atomic(model.head, os.path.join(self.output_dir, stage_head_file(stage.index)))
-                write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
+            state.finish_stage(stage_result)
+            self.run_dir.save_model(self.backbone, stage_backbone_file(stage.index))
+            self.run_dir.save_model(model.head, stage_head_file(stage.index))
+            self.run_dir.write_state(state)
 
         summary = self._summary(state, time.time() - run_start)
-        if self.chief:
-            save_keras_atomic(self.backbone, os.path.join(self.output_dir, BACKBONE_FILE))
-            write_json_atomic(os.path.join(self.output_dir, SUMMARY_FILE), summary)
-        else:
-            shutil.rmtree(os.path.join(self.output_dir, ".workers"), ignore_errors=True)
+        self.run_dir.save_model(self.backbone, BACKBONE_FILE)
+        self.run_dir.write_summary(summary)
+        self.run_dir.finish()
         return summary
 
     def _restore_backbone(self, state):
         checkpoint = tf.train.Checkpoint(backbone=self.backbone)
         try:
-            checkpoint.restore(state["checkpoint"]).expect_partial()
+            checkpoint.restore(state.checkpoint).expect_partial()
         except (tf.errors.NotFoundError, ValueError) as err:
             raise PSLError(
-                f"--resume: cannot restore {state['checkpoint']} ({err}). The checkpoint is missing or was "
+                f"--resume: cannot restore {state.checkpoint} ({err}). The checkpoint is missing or was "
                 f"written by another configuration; start a new --output_dir."
             ) from None
 
@@ -311,10 +220,8 @@ class Trainer:
         if step and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return
         path = manager.save()
-        state.update(stage=stage.index, epoch=epoch, step=step, totals=dict(totals) if totals else None,
-                     checkpoint=os.path.abspath(path))
-        if self.chief:
-            write_json_atomic(os.path.join(self.output_dir, STATE_FILE), state)
+        state.record(stage.index, epoch, step, totals, os.path.abspath(path))
+        self.run_dir.write_state(state)
 
     def _train_stage(self, stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch):
         step = loop.distributed_step(self.strategy, model.train_step, self.config.jit_compile)
@@ -328,8 +235,8 @@ class Trainer:
             progbar = keras.utils.Progbar(
                 steps_per_epoch, verbose=self.verbose, stateful_metrics=["loss", "accuracy", "lr"]
             )
-            first_step = state["step"] if epoch == first_epoch else 0
-            totals = dict(state["totals"]) if first_step and state.get("totals") else {
+            first_step = state.step if epoch == first_epoch else 0
+            totals = dict(state.totals) if first_step and state.totals else {
                 "loss": 0.0, "correct": 0.0, "count": 0.0}
             iterator = iter(self._distributed_dataset(stage, epoch, skip_steps=first_step))
             for i in range(first_step, steps_per_epoch):
@@ -351,7 +258,7 @@ class Trainer:
                 if not np.isfinite(sums["loss"]):
                     raise PSLError(
                         f"{stage.name} epoch {epoch + 1} step {i + 1}: the loss is {sums['loss']}. Lower --lr "
-                        f"or check the data; the last good checkpoint is in {self._checkpoint_dir()}."
+                        f"or check the data; the last good checkpoint is in {self.run_dir.checkpoint_dir}."
                     )
                 progbar.update(
                     i + 1,
@@ -408,6 +315,6 @@ class Trainer:
             "dataset": {"name": self.source.name, "split": c.split, "num_examples": self.source.num_examples},
             "backbone": {"file": BACKBONE_FILE, "name": c.backbone, "parameters": int(self.backbone.count_params())},
             "strategy": {"name": c.strategy, "replicas": int(self.strategy.num_replicas_in_sync)},
-            "stages": sorted(state["stages"], key=lambda s: s["stage"]),
+            "stages": sorted(state.stages, key=lambda s: s["stage"]),
             "wall_time_s": wall_time,
         }

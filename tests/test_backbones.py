@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from psl_keras.backbones import BLOCK_NAMES, backbone_blocks, build_backbone
+from psl_keras.backbones import BACKBONES, BLOCK_NAMES, backbone_blocks, build_backbone
 from psl_keras.errors import PSLError
 
 
@@ -46,3 +46,16 @@ def test_width_multiplier_scales_channels_and_blocks_chain():
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(PSLError, match="Unknown backbone 'resnet51'.*--backbone"):
         build_backbone("resnet51", 32)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_registered_backbone_round_trips_through_a_keras_file(name, tmp_path):
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone(name, 32, width=0.125)
+    path = str(tmp_path / f"{name}.keras")
+    backbone.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+    ours, theirs = backbone(x), loaded(x)
+    for block in BLOCK_NAMES:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours[block]), keras.ops.convert_to_numpy(theirs[block]))

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from psl_keras import optim
 from psl_keras.backbones import BLOCK_NAMES
 
 TARGET_DIMS = 9216
@@ -86,8 +87,7 @@ class AllBlocksProbe(keras.Model):
             logits = [head(f, training=True) for head, f in zip(self.heads, features)]
             losses = [self._per_example_loss(labels, l) for l in logits]
             total = ops.sum([ops.sum(l) for l in losses]) / self.global_batch_size
-            kernels = [v for v in variables if len(v.shape) > 1]
-            total += 0.5 * self.weight_decay * ops.sum([ops.sum(ops.square(v)) for v in kernels]) / replicas
+            total += optim.l2_penalty(variables, self.weight_decay, replicas)
         gradients = tape.gradient(total, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         result = {"count": ops.cast(ops.shape(images)[0], "float32")}

@@ -81,4 +81,14 @@ class Task:
         return ops.cast(ops.equal(ops.cast(labels, predicted.dtype), predicted), "float32")
 
     def get_config(self):
-        return {"name": self.name, "image_size": self.image_size, "head_hidden": self.head_hidden}
+        """The constructor's arguments (plus the task's name): `from_config(get_config())` rebuilds the task."""
+        return {"name": self.name, "image_size": self.image_size, "head_hidden": self.head_hidden,
+                "sync_bn": self.sync_bn}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        name = config.pop("name", cls.name)
+        if name != cls.name:
+            raise ValueError(f"A {name} configuration cannot build a {cls.name} task.")
+        return cls(**config)

@@ -259,8 +259,7 @@ class JigsawTask(Task):
         config = super().get_config()
         config.update(
             set_sizes=list(self.set_sizes), permutation_seed=self.permutation_seed,
-            resize_shorter=self.resize_shorter, crop_size=self.crop_size, cell_size=self.cell_size,
-            tile_size=self.tile_size, tile_color_jitter=self.tile_color_jitter,
+            resize_shorter=self.resize_shorter, crop_size=self.crop_size, tile_size=self.tile_size, tile_color_jitter=self.tile_color_jitter,
             tile_grayscale=self.tile_grayscale, tile_embedding=self.tile_embedding,
         )
         return config
