@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from psl_keras.backbones import BLOCK_NAMES  # noqa: E402
+from psl_keras.config import SCHEDULES, STRATEGIES  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROBES = ["all-blocks", "knn", "semi", "transfer"]
@@ -34,7 +35,7 @@ flags.DEFINE_integer("seed", 0, "Seed of every random choice (augmentation, subs
 flags.DEFINE_float("lr", None, "Learning rate; default 0.01 for linear heads (Goyal et al.; 0.1 overshoots "
                    "on ~9k-dim inputs), 0.1 for semi (whole network).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on kernels.")
-flags.DEFINE_enum("schedule", "step", ["step", "cosine", "constant"], "Learning-rate schedule.")
+flags.DEFINE_enum("schedule", "step", list(SCHEDULES), "Learning-rate schedule.")
 flags.DEFINE_string("schedule_pattern", "2,1,1", "Step schedule segments (x0.1 at each boundary).")
 flags.DEFINE_string("blocks", ",".join(BLOCK_NAMES), "Blocks to probe.")
 flags.DEFINE_list("k", ["200"], "kNN: neighbours; several values (e.g. 20,200) share one feature extraction.")
@@ -42,8 +43,7 @@ flags.DEFINE_float("temperature", 0.07, "kNN: temperature of the vote weights ex
 flags.DEFINE_integer("knn_train_examples", 0, "kNN: size of the bank from --train_split (0: all of it).")
 flags.DEFINE_string("label_fraction", "0.01,0.1", "semi: labelled fractions, comma-separated.")
 flags.DEFINE_string("label_ids_file", "", "semi: file of example ids (one per line) instead of a fraction.")
-flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices.")
 
 

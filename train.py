@@ -7,6 +7,7 @@
 A --config preset fills in the settings; flags given explicitly override it.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -22,50 +23,18 @@ _DEFAULTS = TrainConfig()
 
 flags.DEFINE_string("config", "none", f"Preset: none, {', '.join(PRESETS)}. Explicit flags override it.")
 flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its last finished epoch.")
-flags.DEFINE_string("task", _DEFAULTS.task, "Pretext task (psl_keras.tasks.TASKS).")
-flags.DEFINE_enum("mode", _DEFAULTS.mode, ["psl", "sl", "psl_f", "e2e"], "Training mode.")
-flags.DEFINE_string("backbone", _DEFAULTS.backbone, "Backbone (psl_keras.backbones.BACKBONES).")
-flags.DEFINE_float("width", _DEFAULTS.width, "Backbone width multiplier.")
-flags.DEFINE_enum("stem", _DEFAULTS.stem, ["auto", "imagenet", "cifar"], "Backbone stem; auto: by image size.")
-flags.DEFINE_integer("image_size", _DEFAULTS.image_size, "Side of the square training input.")
-flags.DEFINE_bool("sync_bn", _DEFAULTS.sync_bn, "Synchronise BatchNorm statistics across replicas.")
-flags.DEFINE_integer("head_hidden", _DEFAULTS.head_hidden, "Hidden units of the stage heads.")
-flags.DEFINE_string("stage_windows", _DEFAULTS.stage_windows, "Stage windows over blocks B1..B5.")
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "TFDS dataset name, or folder:PATH.")
-flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "TFDS data directory (default: TFDS's own).")
-flags.DEFINE_string("split", _DEFAULTS.split, "Split to train on.")
-flags.DEFINE_integer("epochs_per_stage", _DEFAULTS.epochs_per_stage, "Epochs of each stage.")
-flags.DEFINE_integer("e2e_epochs", _DEFAULTS.e2e_epochs, "E2E epochs; 0: epochs_per_stage x stages.")
-flags.DEFINE_integer("steps_per_epoch", _DEFAULTS.steps_per_epoch, "Cap on steps per epoch (0: full).")
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Global batch size over all replicas.")
-flags.DEFINE_string("optimizer", _DEFAULTS.optimizer, "Optimizer: sgd.")
-flags.DEFINE_float("lr", _DEFAULTS.lr, "Base learning rate of each stage.")
-flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum.")
-flags.DEFINE_bool("nesterov", _DEFAULTS.nesterov, "Nesterov momentum.")
-flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "L2 weight decay on kernels (not biases/BN).")
-flags.DEFINE_enum("schedule", _DEFAULTS.schedule, ["step", "cosine", "constant"], "LR schedule per stage.")
-flags.DEFINE_string("schedule_pattern", _DEFAULTS.schedule_pattern, "Step schedule segments (x0.1 each).")
-flags.DEFINE_float("warmup_epochs", _DEFAULTS.warmup_epochs, "Linear warm-up epochs (cosine schedule).")
-flags.DEFINE_integer("shuffle_buffer", _DEFAULTS.shuffle_buffer, "Shuffle buffer (examples).")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of every random choice.")
-flags.DEFINE_bool("jit_compile", _DEFAULTS.jit_compile, "Compile the train step with XLA.")
-flags.DEFINE_bool("mixed_precision", _DEFAULTS.mixed_precision, "Mixed precision (float16 GPU, bfloat16 CPU).")
-flags.DEFINE_enum("strategy", _DEFAULTS.strategy,
-                  ["default", "one_device", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
-flags.DEFINE_integer("cpu_replicas", _DEFAULTS.cpu_replicas,
-                     "Split the CPU into this many logical devices (multi-replica runs without GPUs).")
-flags.DEFINE_string("output_dir", _DEFAULTS.output_dir, "Run directory.")
-flags.DEFINE_integer("checkpoint_every_steps", _DEFAULTS.checkpoint_every_steps,
-                     "Also checkpoint every N steps inside an epoch (0: at epoch ends only).")
-flags.DEFINE_bool("knn_monitor", _DEFAULTS.knn_monitor,
-                  "Report kNN accuracy of the stage's last block on --knn_split after every epoch.")
-flags.DEFINE_string("knn_split", _DEFAULTS.knn_split, "Held-out split of the kNN monitor.")
-flags.DEFINE_integer("knn_k", _DEFAULTS.knn_k, "kNN monitor: neighbours.")
-flags.DEFINE_float("knn_temperature", _DEFAULTS.knn_temperature, "kNN monitor: vote temperature.")
-flags.DEFINE_integer("knn_bank_size", _DEFAULTS.knn_bank_size, "kNN monitor: training examples in the bank.")
+# One flag per TrainConfig field, from its default, help and choices: the config is the only list of settings.
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+for _field in dataclasses.fields(TrainConfig):
+    if _field.name == "task_options":
+        continue
+    _default = getattr(_DEFAULTS, _field.name)
+    if _field.metadata.get("choices"):
+        flags.DEFINE_enum(_field.name, _default, list(_field.metadata["choices"]), _field.metadata["help"])
+    else:
+        _DEFINE[type(_default)](_field.name, _default, _field.metadata["help"])
 
 # Each task's own settings become --{task}_{option} flags, so a new task needs no edit here.
-_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 for _task_name, _task in TASKS.items():
     for _option, (_default, _help) in _task.OPTIONS.items():
         _DEFINE[type(_default)](f"{_task_name}_{_option}", _default, f"[{_task_name}] {_help}")

@@ -5,46 +5,62 @@ import dataclasses
 from psl_keras.errors import PSLError
 
 
+def setting(default, help, choices=None):
+    """A TrainConfig field with the help text (and choices) its train.py flag is generated from."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+# Choices of the enumerated settings (tests check they equal the registries: stages.MODES, ...).
+MODES = ("psl", "sl", "psl_f", "e2e")
+STEMS = ("auto", "imagenet", "cifar")
+SCHEDULES = ("step", "cosine", "constant")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    task: str = "rotation"
-    task_options: dict = dataclasses.field(default_factory=dict)  # the task's OPTIONS, e.g. set_sizes
-    mode: str = "psl"
-    backbone: str = "resnet18"
-    width: float = 1.0
-    stem: str = "auto"  # auto: cifar stem for inputs of 64 px or less, else imagenet
-    image_size: int = 32
-    sync_bn: bool = False
-    head_hidden: int = 256
-    stage_windows: str = "1-3,2-4,3-5"
-    dataset: str = "cifar10"
-    data_dir: str = ""  # "" -> TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-    split: str = "train"
-    epochs_per_stage: int = 10
-    e2e_epochs: int = 0  # 0 -> epochs_per_stage x number of PSL stages (equal budget)
-    steps_per_epoch: int = 0  # a cap for smoke runs; 0 -> one pass over the split
-    batch_size: int = 512  # global, over all replicas
-    optimizer: str = "sgd"
-    lr: float = 0.2
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    schedule_pattern: str = "20,20,10,10"
-    warmup_epochs: float = 0.0
-    shuffle_buffer: int = 10_000  # streaming sources only; in-memory ones are fully shuffled
-    seed: int = 0
-    jit_compile: bool = False
-    mixed_precision: bool = False
-    strategy: str = "default"
-    cpu_replicas: int = 0
-    output_dir: str = "runs/psl"
-    checkpoint_every_steps: int = 0  # also checkpoint inside epochs (0: at epoch ends only)
-    knn_monitor: bool = False  # kNN accuracy on knn_split at the end of every epoch (chief only)
-    knn_split: str = "test"
-    knn_k: int = 200
-    knn_temperature: float = 0.07
-    knn_bank_size: int = 10_000  # training examples in the kNN bank (0: all)
+    """Every setting of a training run; train.py makes one --flag per field (task_options aside)."""
+
+    task: str = setting("rotation", "Pretext task (psl_keras.tasks.TASKS).")
+    # The task's OPTIONS, e.g. set_sizes; train.py exposes them as --{task}_{option}.
+    task_options: dict = dataclasses.field(default_factory=dict)
+    mode: str = setting("psl", "Training mode.", MODES)
+    backbone: str = setting("resnet18", "Backbone (psl_keras.backbones.BACKBONES).")
+    width: float = setting(1.0, "Backbone width multiplier.")
+    stem: str = setting("auto", "Backbone stem; auto: CIFAR stem for inputs of 64 px or less, else ImageNet.", STEMS)
+    image_size: int = setting(32, "Side of the square training input.")
+    sync_bn: bool = setting(False, "Synchronise BatchNorm statistics across replicas.")
+    head_hidden: int = setting(256, "Hidden units of the stage heads.")
+    stage_windows: str = setting("1-3,2-4,3-5", "Stage windows over blocks B1..B5.")
+    dataset: str = setting("cifar10", "TFDS dataset name, or folder:PATH.")
+    data_dir: str = setting("", "TFDS data directory (default: TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+    split: str = setting("train", "Split to train on.")
+    epochs_per_stage: int = setting(10, "Epochs of each stage.")
+    e2e_epochs: int = setting(0, "E2E epochs; 0: epochs_per_stage x stages (the same budget).")
+    steps_per_epoch: int = setting(0, "Cap on steps per epoch (0: one pass over the split), for smoke runs.")
+    batch_size: int = setting(512, "Global batch size over all replicas.")
+    optimizer: str = setting("sgd", "Optimizer: sgd.")
+    lr: float = setting(0.2, "Base learning rate of each stage.")
+    momentum: float = setting(0.9, "SGD momentum.")
+    nesterov: bool = setting(True, "Nesterov momentum.")
+    weight_decay: float = setting(5e-4, "L2 weight decay on kernels (not biases/BN).")
+    schedule: str = setting("cosine", "LR schedule per stage.", SCHEDULES)
+    schedule_pattern: str = setting("20,20,10,10", "Step schedule segments (x0.1 each).")
+    warmup_epochs: float = setting(0.0, "Linear warm-up epochs (cosine schedule).")
+    shuffle_buffer: int = setting(10_000, "Shuffle buffer of streaming sources (in-memory ones are fully shuffled).")
+    seed: int = setting(0, "Seed of every random choice.")
+    jit_compile: bool = setting(False, "Compile the train step with XLA.")
+    mixed_precision: bool = setting(False, "Mixed precision (float16 GPU, bfloat16 CPU).")
+    strategy: str = setting("default", "tf.distribute strategy.", STRATEGIES)
+    cpu_replicas: int = setting(0, "Split the CPU into this many logical devices (multi-replica runs without GPUs).")
+    output_dir: str = setting("runs/psl", "Run directory.")
+    checkpoint_every_steps: int = setting(0, "Also checkpoint every N steps inside an epoch (0: at epoch ends only).")
+    knn_monitor: bool = setting(False, "Report kNN accuracy of the stage's last block on --knn_split after every "
+                                       "epoch (chief only).")
+    knn_split: str = setting("test", "Held-out split of the kNN monitor.")
+    knn_k: int = setting(200, "kNN monitor: neighbours.")
+    knn_temperature: float = setting(0.07, "kNN monitor: vote temperature.")
+    knn_bank_size: int = setting(10_000, "kNN monitor: training examples in the bank (0: all).")
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -9,9 +9,9 @@ import os
 
 import tensorflow as tf
 
+from psl_keras.config import STRATEGIES
 from psl_keras.errors import PSLError
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
 def split_cpu(num_devices):

@@ -8,9 +8,9 @@ its loss for kernels only, which is the coupled decay of the paper's Caffe/PyTor
 import keras
 from keras import ops
 
+from psl_keras.config import SCHEDULES
 from psl_keras.errors import PSLError
 
-SCHEDULES = ("step", "cosine", "constant")
 
 
 def decayed(variables):

@@ -19,9 +19,9 @@ import tensorflow as tf
 from keras import ops
 
 from psl_keras import optim
+from psl_keras.config import MODES
 from psl_keras.errors import PSLError
 
-MODES = ("psl", "sl", "psl_f", "e2e")
 DEFAULT_WINDOWS = ((1, 3), (2, 4), (3, 5))
 NUM_BLOCKS = 5
 
@@ -44,7 +44,7 @@ class Stage:
         return tuple(f"B{i}" for i in range(self.first_trained, self.last_block + 1))
 
     def describe(self):
-        frozen = f"B1..B{self.first_trained - 1} frozen, " if self.first_trained > 1 else ""
+        frozen = {1: "", 2: "B1 frozen, "}.get(self.first_trained, f"B1..B{self.first_trained - 1} frozen, ")
         return f"{self.name}: {frozen}trains {'+'.join(self.trained_blocks)} on G{self.level}"
 
 

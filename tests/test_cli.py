@@ -128,3 +128,20 @@ def test_evaluate_bad_inputs_are_clear_errors(tmp_path):
     (tmp_path / "r" / "backbone.keras").write_bytes(b"x")
     result = _run("evaluate.py", f"--runs={tmp_path / 'r'}", "--dataset=no_such_images", f"--data_dir={tmp_path}")
     assert result.returncode == 2 and "Unknown TFDS dataset 'no_such_images'" in result.stderr
+
+
+def test_train_flags_are_generated_from_every_config_field():
+    import dataclasses
+
+    import train
+    from psl_keras.config import TrainConfig
+
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "task_options":
+            continue
+        flag = train.FLAGS[field.name]
+        assert flag.default == getattr(defaults, field.name) and flag.help.endswith(field.metadata["help"]), field.name
+        if field.metadata["choices"]:
+            assert list(flag.parser.enum_values) == list(field.metadata["choices"])
+    assert train.FLAGS["jigsaw_set_sizes"].default == "500,1000,2000"  # task options keep their generated flags

@@ -185,3 +185,8 @@ def test_a_stage_learns_its_pretext_task():
     logits = model(tf.stack([t[0] for t in test]), training=False)
     accuracy = float(np.mean(np.argmax(keras.ops.convert_to_numpy(logits), -1) == [int(t[1]) for t in test]))
     assert accuracy > 0.8, accuracy  # chance is 0.25
+
+
+def test_stage_descriptions_name_frozen_and_trained_blocks():
+    assert [s.describe() for s in stages.stage_plan("psl", 3)] == [
+        "S1: trains B1+B2+B3 on G1", "S2: B1 frozen, trains B2+B3+B4 on G2", "S3: B1..B2 frozen, trains B3+B4+B5 on G3"]
