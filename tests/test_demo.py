@@ -306,3 +306,22 @@ def test_bad_flags_and_a_missing_gallery_are_one_message(tmp_path):
     result = demo(f"--data_dir={tmp_path}", f"--runs_dir={tmp_path}", "--port=7999")
     assert result.returncode == 2 and "not prepared in --data_dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_runs_load_once_and_the_cache_is_bounded(demo):
+    sys.path.insert(0, REPO)
+    from apps.core import Gallery
+    from apps.demo import DemoApp
+
+    root = demo["root"]
+    app = DemoApp(str(root / "runs"), Gallery(f"folder:{root / 'gallery'}", "", 24, str(root / "cache2")),
+                  max_loaded_runs=1)
+    first = app.load_run("rotation_psl")
+    assert app.load_run("rotation_psl") is first and app.cache.loads == 1
+    first.stages()
+    assert first.stages() is first.stages()  # heads and stage backbones load once per run
+    app.load_run("jigsaw_psl")  # capacity 1: rotation_psl is dropped ...
+    second = app.load_run("rotation_psl")
+    assert second is not first and app.cache.loads == 3  # ... and loaded again
+    os.utime(root / "runs" / "rotation_psl" / "backbone.keras")  # a run whose files changed is loaded again
+    assert app.load_run("rotation_psl") is not second and app.cache.loads == 4
