@@ -1,10 +1,44 @@
-"""The distributed step shared by the trainer and the probes.
+"""The distributed step and the epoch loop shared by the trainer and the probes.
 
 `fit()` fails under MultiWorkerMirroredStrategy with Keras 3, so every training loop here calls a model's
 `train_step` through `strategy.run` and all-reduces the sums it returns; this module holds that pattern.
 """
 
+import time
+
 import tensorflow as tf
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside an epoch; the first `steps_done` steps of the epoch are complete (and in the totals)."""
+
+    def __init__(self, steps_done):
+        super().__init__(steps_done)
+        self.steps_done = steps_done
+
+
+def run_epoch(step, iterator, steps, totals, first_step=0, after_step=None):
+    """Steps `first_step` .. `steps - 1` of one epoch: each batch through `step` (a dict of all-reduced sums),
+    the sums added into `totals`, then `after_step(i, sums, seconds)` (progress, checks, checkpoints,
+    callbacks; `seconds` counts the wait for data too). Ends early when the data does.
+    """
+    for i in range(first_step, steps):
+        started = time.time()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        try:
+            sums = {k: float(v) for k, v in step(batch).items()}
+        except KeyboardInterrupt:
+            raise Interrupted(i) from None
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + v
+        if after_step is not None:
+            try:
+                after_step(i, sums, time.time() - started)
+            except KeyboardInterrupt:
+                raise Interrupted(i + 1) from None
 
 
 def distributed_step(strategy, replica_fn, jit_compile=False):

@@ -239,22 +239,12 @@ class Trainer:
             totals = dict(state.totals) if first_step and state.totals else {
                 "loss": 0.0, "correct": 0.0, "count": 0.0}
             iterator = iter(self._distributed_dataset(stage, epoch, skip_steps=first_step))
-            for i in range(first_step, steps_per_epoch):
-                started = time.time()
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    break
-                try:
-                    sums = {k: float(v) for k, v in step(batch).items()}
-                except KeyboardInterrupt:
-                    self._save_progress(manager, state, stage, epoch, i, totals)  # steps before i are kept
-                    raise
+
+            def after_step(i, sums, seconds):
+                nonlocal images, busy_time
                 if i:  # the first step of an epoch includes tracing and pipeline warm-up
-                    busy_time += time.time() - started
+                    busy_time += seconds
                     images += sums["count"]
-                for k in totals:
-                    totals[k] += sums[k]
                 if not np.isfinite(sums["loss"]):
                     raise PSLError(
                         f"{stage.name} epoch {epoch + 1} step {i + 1}: the loss is {sums['loss']}. Lower --lr "
@@ -271,11 +261,13 @@ class Trainer:
                 every = self.config.checkpoint_every_steps
                 if every and (i + 1) % every == 0 and i + 1 < steps_per_epoch:
                     self._save_progress(manager, state, stage, epoch, i + 1, totals)
-                try:
-                    callbacks.on_train_batch_end(i, {k: v / max(sums["count"], 1) for k, v in sums.items()})
-                except KeyboardInterrupt:
-                    self._save_progress(manager, state, stage, epoch, i + 1, totals)
-                    raise
+                callbacks.on_train_batch_end(i, {k: v / max(sums["count"], 1) for k, v in sums.items()})
+
+            try:
+                loop.run_epoch(step, iterator, steps_per_epoch, totals, first_step, after_step)
+            except loop.Interrupted as stop:  # Ctrl-C: the steps done so far are kept
+                self._save_progress(manager, state, stage, epoch, stop.steps_done, totals)
+                raise
             logs = {
                 "stage": stage.index,
                 "stage_epoch": epoch + 1,

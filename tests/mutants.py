@@ -42,6 +42,7 @@ JIGSAW = ("tests/test_jigsaw.py",)
 DATA = ("tests/test_data.py", "tests/test_training.py")
 OPTIM = ("tests/test_optim.py", "tests/test_training.py")
 TRAINING = ("tests/test_training.py",)
+LOOP = ("tests/test_loop.py", "tests/test_training.py")
 EVALUATION = ("tests/test_evaluation.py", "tests/test_training.py", "tests/test_cli.py")
 
 MUTANTS = (
@@ -158,6 +159,10 @@ MUTANTS = (
              "tf.train.Checkpoint(backbone=self.backbone, head=model.head)"),), TRAINING),
     Mutant("R7", "a resumed epoch starts again from its first batch", "psl_keras/training.py",
            (("skip_steps=first_step)", "skip_steps=0)"),), TRAINING),
+    Mutant("L1", "Ctrl-C right after a step loses that step on resume", "psl_keras/loop.py",
+           (("raise Interrupted(i + 1) from None", "raise Interrupted(i) from None"),), LOOP),
+    Mutant("L2", "epoch totals keep only the last step's sums", "psl_keras/loop.py",
+           (("totals[k] = totals.get(k, 0.0) + v", "totals[k] = v"),), LOOP),
     # --- evaluation: what probes, kNN and fine-tuning see -------------------------------------------
     Mutant("E1", "probe backbone not frozen (trainable, BatchNorm in training mode)", "psl_keras/evaluation/linear.py",
            (("outputs = self.backbone(images, training=False)",

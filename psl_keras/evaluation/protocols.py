@@ -111,13 +111,10 @@ def fit(model, strategy, source, image_size, config, verbose=1, label=""):
             seed, ctx))
         progbar = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=["loss", "best_train_acc"])
         totals = {}
-        iterator = iter(dataset)
         if verbose:
             print(f"{label} epoch {epoch + 1}/{config.epochs}")
-        for i in range(steps):
-            sums = {k: float(v) for k, v in step(next(iterator)).items()}
-            for k, v in sums.items():
-                totals[k] = totals.get(k, 0.0) + v
+
+        def after_step(i, sums, seconds):
             count = totals["count"]
             losses = [v / count for k, v in totals.items() if k.startswith("loss")]
             accuracies = [v / count for k, v in totals.items() if k.startswith("correct")]
@@ -125,6 +122,8 @@ def fit(model, strategy, source, image_size, config, verbose=1, label=""):
                                    ("best_train_acc", max(accuracies) if accuracies else 0.0)])
             if not np.isfinite(np.mean(losses)):
                 raise PSLError(f"{label}: the loss diverged ({np.mean(losses)}); lower --lr.")
+
+        loop.run_epoch(step, iter(dataset), steps, totals, after_step=after_step)
 
 
 # --- protocols --------------------------------------------------------------------------------------
