@@ -16,16 +16,42 @@ def softmax(logits):
 
 
 class PredictionTab:
-    """Base of the per-task tabs. Subclasses set `task` and `title` and implement `build`."""
+    """Base of the per-task tabs: the page layout is here; a subclass names its task and texts, adds its own
+    controls and implements `predict(run, upload, example, *controls)`, which returns the model's view, a
+    status line and `stage_outputs(...)`."""
 
-    task = None  # the registered task name whose runs this tab explains
+    task = None  # the registered task name whose runs this tab explains; also the tab's id and API name
     title = ""
+    intro = ""  # a line above the tab's controls
+    button_label = "Predict"
+    view_label = "Input as the model sees it"
+    picture_label = ""  # the picture each stage column shows
 
     def __init__(self, app):
         self.app = app
 
-    def build(self):
+    def controls(self):
+        """The task's own inputs (created inside a row), in the order `predict` takes them."""
         raise NotImplementedError
+
+    def predict(self, run_name, upload, example, *controls):
+        raise NotImplementedError
+
+    def build(self):
+        with gr.Tab(self.title, id=self.task, elem_id=self.task):
+            gr.Markdown(self.intro)
+            run = self.app.run_dropdown(self.task)
+            upload, example = self.image_inputs()
+            with gr.Row():
+                controls = self.controls()
+            button = gr.Button(self.button_label, variant="primary")
+            with gr.Row():
+                view = gr.Image(label=self.view_label, height=220, interactive=False, buttons=[])
+                status = gr.Markdown()
+            slots = self.stage_columns(self.picture_label)
+            outputs = [view, status] + [c for slot in slots for c in slot]
+            button.click(self.app.guarded(self.predict), [run, upload, example, *controls], outputs,
+                         api_name=self.task)
 
     # --- shared pieces ------------------------------------------------------------------------------
     def image_inputs(self):

@@ -31,27 +31,16 @@ def permutation_text(permutation):
 class JigsawTab(PredictionTab):
     task = "jigsaw"
     title = "Jigsaw"
+    intro = ("Cut an image into the run's 3x3 puzzle and shuffle it by a permutation of one level's set; every "
+             "stage's head names the permutation from its own set (C1 ⊂ C2 ⊂ C3).")
+    button_label = "Solve the puzzle"
+    view_label = "The puzzle as the model sees it (tiles in input order)"
     picture_label = "the tiles put back by the top guess"
 
-    def build(self):
-        with gr.Tab(self.title, id="jigsaw", elem_id="jigsaw"):
-            gr.Markdown("Cut an image into the run's 3x3 puzzle and shuffle it by a permutation of one level's set; "
-                        "every stage's head names the permutation from its own set (C1 ⊂ C2 ⊂ C3).")
-            run = self.app.run_dropdown(self.task)
-            upload, example = self.image_inputs()
-            with gr.Row():
-                level = gr.Dropdown([("C1", 1), ("C2", 2), ("C3", 3)], value=1, label="Set of the applied permutation")
-                index = gr.Number(label="Permutation index in that set (-1: random)", value=-1, precision=0)
-                seed = gr.Number(label="Seed (crop, tiles, random permutation)", value=0, precision=0)
-            button = gr.Button("Solve the puzzle", variant="primary")
-            with gr.Row():
-                view = gr.Image(label="The puzzle as the model sees it (tiles in input order)", height=220,
-                                interactive=False, buttons=[])
-                status = gr.Markdown()
-            slots = self.stage_columns(self.picture_label)
-            outputs = [view, status] + [c for slot in slots for c in slot]
-            button.click(self.app.guarded(self.predict), [run, upload, example, level, index, seed], outputs,
-                         api_name="jigsaw")
+    def controls(self):
+        return [gr.Dropdown([("C1", 1), ("C2", 2), ("C3", 3)], value=1, label="Set of the applied permutation"),
+                gr.Number(label="Permutation index in that set (-1: random)", value=-1, precision=0),
+                gr.Number(label="Seed (crop, tiles, random permutation)", value=0, precision=0)]
 
     def predict(self, run_name, upload, example, level, index, seed):
         loaded, stages = self.loaded_run(run_name)

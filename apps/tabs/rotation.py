@@ -26,28 +26,18 @@ def turn(image, degrees):
 class RotationTab(PredictionTab):
     task = "rotation"
     title = "Rotation"
+    intro = ("Turn an image by an angle of one level, then ask every stage's head which angle it was: S1 knows R1 "
+             "(2 angles), S2 R2 (4), S3 R3 (8) in PSL; sl and e2e heads know R3.")
+    button_label = "Predict the rotation"
     picture_label = "the input turned back by the top guess"
 
-    def build(self):
-        with gr.Tab(self.title, id="rotation", elem_id="rotation"):
-            gr.Markdown("Turn an image by an angle of one level, then ask every stage's head which angle it "
-                        "was: S1 knows R1 (2 angles), S2 R2 (4), S3 R3 (8) in PSL; sl and e2e heads know R3.")
-            run = self.app.run_dropdown(self.task)
-            upload, example = self.image_inputs()
-            with gr.Row():
-                level = gr.Dropdown(LEVEL_CHOICES, value=3, label="Level of the applied angle")
-                angle = gr.Dropdown(angle_choices(3), value="random", label="Angle (degrees)")
-                seed = gr.Number(label="Seed (crop, flip, random angle)", value=0, precision=0)
-            level.change(lambda value: gr.update(choices=angle_choices(value), value="random"), level, angle,
-                         api_name=False)
-            button = gr.Button("Predict the rotation", variant="primary")
-            with gr.Row():
-                view = gr.Image(label="Input as the model sees it", height=220, interactive=False, buttons=[])
-                status = gr.Markdown()
-            slots = self.stage_columns(self.picture_label)
-            outputs = [view, status] + [c for slot in slots for c in slot]
-            button.click(self.app.guarded(self.predict), [run, upload, example, level, angle, seed], outputs,
-                         api_name="rotation")
+    def controls(self):
+        level = gr.Dropdown(LEVEL_CHOICES, value=3, label="Level of the applied angle")
+        angle = gr.Dropdown(angle_choices(3), value="random", label="Angle (degrees)")
+        seed = gr.Number(label="Seed (crop, flip, random angle)", value=0, precision=0)
+        level.change(lambda value: gr.update(choices=angle_choices(value), value="random"), level, angle,
+                     api_name=False)
+        return [level, angle, seed]
 
     def predict(self, run_name, upload, example, level, angle, seed):
         loaded, stages = self.loaded_run(run_name)
