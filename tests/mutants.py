@@ -55,7 +55,7 @@ MUTANTS = (
     Mutant("S3", "weight decay added once per replica (not divided by the replica count)", "psl_keras/optim.py",
            (("return 0.5 * weight_decay * ops.sum(squares) / replicas", "return 0.5 * weight_decay * ops.sum(squares)"),),
            STAGES),
-    Mutant("S4", "decay coefficient doubled (wd * |w|^2 instead of 0.5 * wd * |w|^2)", "psl_keras/optim.py",
+    Mutant("S4", "decay coefficient doubled (wd * sum(w^2) instead of 0.5 * wd * sum(w^2))", "psl_keras/optim.py",
            (("return 0.5 * weight_decay * ops.sum(squares) / replicas", "return weight_decay * ops.sum(squares) / replicas"),),
            STAGES),
     Mutant("S5", "frozen blocks run BatchNorm in training mode (their statistics drift)", "psl_keras/stages.py",
