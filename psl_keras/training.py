@@ -70,7 +70,7 @@ class Trainer:
         if c.epochs_per_stage < 1:
             raise PSLError(f"--epochs_per_stage must be at least 1, got {c.epochs_per_stage}.")
         if c.steps_per_epoch < 0:
-            raise PSLError(f"--steps_per_epoch must be 0 (full epochs) or a positive cap.")
+            raise PSLError(f"--steps_per_epoch must be 0 (full epochs) or a positive cap, got {c.steps_per_epoch}.")
         optim.parse_pattern(c.schedule_pattern)
         self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
         self.plan = stages.stage_plan(c.mode, self.task.num_levels, stages.parse_windows(c.stage_windows))

@@ -287,7 +287,7 @@ def test_every_tab_in_a_real_browser(demo, tmp_path):
 def test_without_runs_the_page_says_how_to_train_one(tmp_path):
     sys.path.insert(0, REPO)
     from apps.core import TRAIN_COMMAND, Gallery
-    from apps.demo import DemoApp
+    from apps.page import DemoApp
 
     app = DemoApp(str(tmp_path / "nothing_here"), Gallery("cifar10:test", str(tmp_path), 10, str(tmp_path)))
     rows, message = app.runs_table()
@@ -311,7 +311,7 @@ def test_bad_flags_and_a_missing_gallery_are_one_message(tmp_path):
 def test_runs_load_once_and_the_cache_is_bounded(demo):
     sys.path.insert(0, REPO)
     from apps.core import Gallery
-    from apps.demo import DemoApp
+    from apps.page import DemoApp
 
     root = demo["root"]
     app = DemoApp(str(root / "runs"), Gallery(f"folder:{root / 'gallery'}", "", 24, str(root / "cache2")),
