@@ -66,7 +66,8 @@ def _train_runs(runs):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    os.environ["PSL_KERAS_CACHE"] = str(root / "permutations")
+    saved_cache = os.environ.get("PSL_KERAS_CACHE")
+    os.environ["PSL_KERAS_CACHE"] = str(root / "permutations")  # the app process inherits it
     _write_gallery(root / "gallery")
     _train_runs(root / "runs")
     port = _free_port()
@@ -93,6 +94,10 @@ def demo(tmp_path_factory):
     process.terminate()
     process.wait(timeout=30)
     log.close()
+    if saved_cache is None:
+        os.environ.pop("PSL_KERAS_CACHE", None)
+    else:
+        os.environ["PSL_KERAS_CACHE"] = saved_cache
 
 
 def _confidences(label_output):
