@@ -50,8 +50,9 @@ class PredictionTab:
                 status = gr.Markdown()
             slots = self.stage_columns(self.picture_label)
             outputs = [view, status] + [c for slot in slots for c in slot]
+            # The error toast says what went wrong; per-output "Error" badges would only repeat it.
             button.click(self.app.guarded(self.predict), [run, upload, example, *controls], outputs,
-                         api_name=self.task)
+                         api_name=self.task, show_progress="minimal")
 
     # --- shared pieces ------------------------------------------------------------------------------
     def image_inputs(self):
