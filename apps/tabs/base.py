@@ -5,6 +5,7 @@ import gradio as gr
 import numpy as np
 
 from psl_keras.errors import PSLError
+from psl_keras.evaluation.runs import stage_logits
 
 MAX_STAGES = 3
 
@@ -91,6 +92,12 @@ class PredictionTab:
                 f"works with it. Train a run that keeps its heads, e.g.: python train.py --task {self.task} "
                 f"--config cifar10_small --data_dir ../shared/tfds --output_dir runs/{self.task}_psl")
         return loaded, stages
+
+    @staticmethod
+    def stage_probabilities(stages, task, inputs):
+        """(stage head, its softmax probabilities over its own level) for one example, stage by stage."""
+        for head, backbone in stages:
+            yield head, softmax(np.asarray(stage_logits(backbone, head, task, inputs[None]))[0])
 
     @staticmethod
     def stage_outputs(results):

@@ -5,8 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from apps.core import for_display
-from apps.tabs.base import PredictionTab, softmax
-from psl_keras.evaluation.runs import stage_logits
+from apps.tabs.base import PredictionTab
 
 GAP = 2  # pixels between tiles in the pictures
 
@@ -58,8 +57,7 @@ class JigsawTab(PredictionTab):
         puzzle = puzzle.numpy()
         applied = tuple(int(v) for v in permutations[int(label)])
         results = []
-        for head, backbone in stages:
-            probabilities = softmax(np.asarray(stage_logits(backbone, head, task, puzzle[None]))[0])
+        for head, probabilities in self.stage_probabilities(stages, task, puzzle):
             head_set = task.level_permutations(head.level)
             top = np.argsort(-probabilities, kind="stable")[:5]
             best = tuple(int(v) for v in head_set[top[0]])

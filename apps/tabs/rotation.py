@@ -6,8 +6,7 @@ import tensorflow as tf
 from PIL import Image
 
 from apps.core import for_display
-from apps.tabs.base import PredictionTab, softmax
-from psl_keras.evaluation.runs import stage_logits
+from apps.tabs.base import PredictionTab
 from psl_keras.tasks.rotation import ROTATION_LEVELS, rotation_angles
 
 LEVEL_CHOICES = [(f"R{level} ({', '.join(f'{a:g}°' for a in rotation_angles(level))})", level)
@@ -56,8 +55,7 @@ class RotationTab(PredictionTab):
         applied = angles[int(label)]
         shown = for_display(inputs)
         results = []
-        for head, backbone in stages:
-            probabilities = softmax(np.asarray(stage_logits(backbone, head, task, inputs[None]))[0])
+        for head, probabilities in self.stage_probabilities(stages, task, inputs):
             head_angles = rotation_angles(head.level)
             predicted = head_angles[int(np.argmax(probabilities))]
             if applied not in head_angles:
