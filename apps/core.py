@@ -24,8 +24,10 @@ from psl_keras.evaluation import runs as runs_lib
 from psl_keras.evaluation.preprocessing import center_view
 from psl_keras.rundir import BACKBONE_FILE, STATE_FILE, SUMMARY_FILE
 
-TRAIN_COMMAND = ("python train.py --task rotation --config cifar10_small --data_dir ../shared/tfds "
-                 "--output_dir runs/rotation_psl")
+def train_command(runs_dir):
+    """The command that trains a run the page will find under `runs_dir`."""
+    return (f"python train.py --task rotation --config cifar10_small --data_dir ../shared/tfds "
+            f"--output_dir {os.path.join(runs_dir, 'rotation_psl')}")
 DISPLAY_SIDE = 160  # small model inputs are enlarged (nearest neighbour) to this side for display
 
 

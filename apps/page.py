@@ -53,7 +53,7 @@ class DemoApp:
 
         if not name or name == NO_RUN:
             raise PSLError(f"No run chosen. Runs are looked for under {self.runs_dir}; train one with: "
-                           f"{self.core.TRAIN_COMMAND}")
+                           f"{self.core.train_command(self.runs_dir)}")
         info = next((r for r in self.refresh_runs() if r.name == name), None)
         if info is None:
             raise PSLError(f"Run {name} is no longer under {self.runs_dir} (press 'Refresh runs').")
@@ -66,7 +66,7 @@ class DemoApp:
         else:
             message = (f"**No runs under `{os.path.abspath(self.runs_dir)}` yet.** Train one (about an hour on a "
                        f"laptop CPU; `--epochs_per_stage 1` for a quick look), then press *Refresh runs*:\n\n"
-                       f"```\n{self.core.TRAIN_COMMAND}\n```")
+                       f"```\n{self.core.train_command(self.runs_dir)}\n```")
         return rows, message
 
     # --- inputs -------------------------------------------------------------------------------------

@@ -291,13 +291,14 @@ def test_every_tab_in_a_real_browser(demo, tmp_path):
 
 def test_without_runs_the_page_says_how_to_train_one(tmp_path):
     sys.path.insert(0, REPO)
-    from apps.core import TRAIN_COMMAND, Gallery
+    from apps.core import Gallery
     from apps.page import DemoApp
 
     app = DemoApp(str(tmp_path / "nothing_here"), Gallery("cifar10:test", str(tmp_path), 10, str(tmp_path)))
     rows, message = app.runs_table()
-    assert rows == [] and "No runs under" in message and TRAIN_COMMAND in message
-    assert TRAIN_COMMAND.startswith("python train.py --task rotation")
+    command = f"python train.py --task rotation --config cifar10_small --data_dir ../shared/tfds --output_dir " \
+              f"{tmp_path / 'nothing_here' / 'rotation_psl'}"
+    assert rows == [] and "No runs under" in message and command in message  # a run Refresh will find
 
 
 def test_bad_flags_and_a_missing_gallery_are_one_message(tmp_path):
