@@ -14,6 +14,7 @@ def setting(default, help, choices=None):
 MODES = ("psl", "sl", "psl_f", "e2e")
 STEMS = ("auto", "imagenet", "cifar")
 SCHEDULES = ("step", "cosine", "constant")
+OPTIMIZERS = ("sgd", "lars")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
@@ -36,10 +37,11 @@ class TrainConfig:
     data_dir: str = setting("", "TFDS data directory (default: TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     split: str = setting("train", "Split to train on.")
     epochs_per_stage: int = setting(10, "Epochs of each stage.")
-    e2e_epochs: int = setting(0, "E2E epochs; 0: epochs_per_stage x stages (the same budget).")
+    stage_epochs: str = setting("", "Epochs of each stage, e.g. 60,70,70 (empty: --epochs_per_stage each).")
+    e2e_epochs: int = setting(0, "E2E epochs; 0: the stages' epochs summed (the same budget).")
     steps_per_epoch: int = setting(0, "Cap on steps per epoch (0: one pass over the split), for smoke runs.")
     batch_size: int = setting(512, "Global batch size over all replicas.")
-    optimizer: str = setting("sgd", "Optimizer: sgd.")
+    optimizer: str = setting("sgd", "Optimizer (lars: SimCLR's layer-wise adaptive SGD).", OPTIMIZERS)
     lr: float = setting(0.2, "Base learning rate of each stage.")
     momentum: float = setting(0.9, "SGD momentum.")
     nesterov: bool = setting(True, "Nesterov momentum.")
@@ -106,11 +108,30 @@ _CIFAR10_SMALL = dict(
     schedule="cosine",
 )
 
+# SimCLR in the paper (§4.1): ResNet-50, batch 256, LARS at lr 0.3 (SimCLR's 0.3 x batch/256), cosine without
+# restarts, 200 epochs split 60/70/70, a 2-layer MLP head to 128-d. Weight decay 1e-6 and a 10-epoch warm-up
+# (SimCLR's) are not in the PSL paper; the warm-up is spread as 3 epochs at the start of each stage.
+_SIMCLR_IMAGENET = dict(optimizer="lars", lr=0.3, momentum=0.9, nesterov=False, weight_decay=1e-6,
+                        schedule="cosine", warmup_epochs=3, stage_epochs="60,70,70", head_hidden=2048)
+# CIFAR-10: SimCLR's CIFAR recipe (batch 512, lr 0.3 x 512/256, weight decay 1e-6, temperature 0.5, colour
+# strength 0.5) with a 1-epoch warm-up per stage.
+_SIMCLR_CIFAR = dict(optimizer="lars", lr=0.6, momentum=0.9, nesterov=False, weight_decay=1e-6, warmup_epochs=1)
+
+# MoCo v2 (Chen et al. 2020): SGD lr 0.03 at batch 256, weight decay 1e-4, cosine, MLP head 2048, 200 epochs
+# (split 60/70/70 as for SimCLR). CIFAR-10: lr 0.06 at batch 512, weight decay 5e-4, key momentum 0.99 and a
+# 4096-key queue, the usual small-data MoCo settings.
+_MOCO_IMAGENET = dict(optimizer="sgd", lr=0.03, momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="cosine",
+                      stage_epochs="60,70,70", head_hidden=2048)
+_MOCO_CIFAR = dict(optimizer="sgd", lr=0.06, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                   task_options={"momentum": 0.99})
+
 PRESETS = {
     # Rotation used RevNet-50 in the paper (§4.1); jigsaw ResNet-50.
-    "imagenet_paper": {"*": _IMAGENET_PAPER, "rotation": dict(backbone="revnet50")},
+    "imagenet_paper": {"*": _IMAGENET_PAPER, "rotation": dict(backbone="revnet50"), "simclr": _SIMCLR_IMAGENET,
+                       "mocov2": _MOCO_IMAGENET},
     # Nine tiles per image make a jigsaw step ~9x a rotation step: a smaller batch and lr to match.
-    "cifar10_small": {"*": _CIFAR10_SMALL, "jigsaw": dict(batch_size=128, lr=0.05)},
+    "cifar10_small": {"*": _CIFAR10_SMALL, "jigsaw": dict(batch_size=128, lr=0.05), "simclr": _SIMCLR_CIFAR,
+                      "mocov2": _MOCO_CIFAR},
 }
 
 

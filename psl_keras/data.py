@@ -249,7 +249,7 @@ def steps_per_epoch(source, global_batch_size, cap=0):
 
 
 def training_pipeline(source, preprocess, global_batch_size, seed, input_context=None, shuffle_buffer=10_000,
-                      skip_steps=0):
+                      skip_steps=0, batch_transform=None):
     """Shards, shuffles, preprocesses and batches a source for one epoch.
 
     `preprocess(image, label, example_seed)` returns (inputs, target). `seed` fixes the shuffle order
@@ -257,6 +257,8 @@ def training_pipeline(source, preprocess, global_batch_size, seed, input_context
     (from `strategy.distribute_datasets_from_function`) each input pipeline reads its own shard and
     batches at the per-replica batch size. `skip_steps` drops the examples of that many global steps (cheaply,
     before preprocessing), so a run resumed mid-epoch sees exactly the batches it had not yet seen.
+    `batch_transform(inputs, targets)`, if given, runs on each per-replica batch (a task's batched
+    augmentation; its random choices must already be in the per-example outputs).
     """
     batch_size, pipeline_id, num_pipelines = global_batch_size, 0, 1
     if input_context is not None:
@@ -283,6 +285,8 @@ def training_pipeline(source, preprocess, global_batch_size, seed, input_context
 
     data = data.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     data = data.batch(batch_size, drop_remainder=True)
+    if batch_transform is not None:
+        data = data.map(batch_transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return data.prefetch(tf.data.AUTOTUNE)
 
 

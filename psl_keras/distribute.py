@@ -13,7 +13,6 @@ from psl_keras.config import STRATEGIES
 from psl_keras.errors import PSLError
 
 
-
 def split_cpu(num_devices):
     """Splits the physical CPU into `num_devices` logical devices (before TensorFlow initialises).
 
@@ -91,3 +90,20 @@ def worker_id(strategy):
     """This worker's index in its job (0 outside multi-worker training)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     return (getattr(resolver, "task_id", None) or 0) if resolver is not None else 0
+
+
+def gather_replicas(values):
+    """`values` of every replica concatenated along axis 0 (replica 0 first), and this replica's offset in it.
+
+    Called in a replica context (a train_step under `strategy.run`). Differentiable: the gradient that reaches
+    a replica's slice comes back to that replica, so replica losses over gathered negatives sum to the
+    single-device loss and gradient (SimCLR's cross-replica concat on TPUs).
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values, 0
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    # all_reduce of one-hot placed slices: a sum, whose gradient is a sum too (works under every strategy).
+    placed = tf.scatter_nd([[replica]], values[tf.newaxis], [context.num_replicas_in_sync, *values.shape])
+    gathered = context.all_reduce(tf.distribute.ReduceOp.SUM, placed)
+    return tf.reshape(gathered, [-1, *values.shape[1:]]), replica * tf.shape(values)[0]

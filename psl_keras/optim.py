@@ -8,9 +8,8 @@ its loss for kernels only, which is the coupled decay of the paper's Caffe/PyTor
 import keras
 from keras import ops
 
-from psl_keras.config import SCHEDULES
+from psl_keras.config import OPTIMIZERS, SCHEDULES
 from psl_keras.errors import PSLError
-
 
 
 def decayed(variables):
@@ -64,11 +63,55 @@ def learning_rate_schedule(kind, base_lr, total_steps, pattern=(20, 20, 10, 10),
     raise PSLError(f"Unknown schedule {kind!r}. Choose one of: {', '.join(SCHEDULES)} (--schedule).")
 
 
+@keras.saving.register_keras_serializable(package="psl_keras")
+class LARS(keras.optimizers.Optimizer):
+    """LARS (You et al. 2017) as SimCLR trains with it: momentum SGD whose step for each kernel is scaled by
+    the trust ratio `eeta * |w| / |g|` (1 where either norm is 0). Biases and BatchNorm vectors (rank 1) get
+    plain momentum SGD: no adaptation, as in SimCLR's `exclude_from_layer_adaptation`.
+
+    Weight decay is not applied here: the stage model's loss already holds the L2 term on kernels only, so
+    `g` arrives as grad + wd * w, which is what SimCLR's LARS adds before taking the norm.
+    Update: v <- momentum * v + lr * ratio * g;  w <- w - v.
+    """
+
+    def __init__(self, learning_rate=0.3, momentum=0.9, eeta=0.001, name="lars", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.momentum = float(momentum)
+        self.eeta = float(eeta)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.velocities = self.add_optimizer_variables(variables, "velocity")
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if len(variable.shape) > 1:
+            weight_norm = ops.sqrt(ops.sum(ops.square(variable)))
+            gradient_norm = ops.sqrt(ops.sum(ops.square(gradient)))
+            ratio = ops.where(
+                ops.logical_and(weight_norm > 0, gradient_norm > 0),
+                self.eeta * weight_norm / ops.maximum(gradient_norm, 1e-30),
+                ops.ones_like(weight_norm),
+            )
+            learning_rate = learning_rate * ratio
+        velocity = self.velocities[self._get_variable_index(variable)]
+        self.assign(velocity, ops.add(ops.multiply(velocity, self.momentum), ops.multiply(gradient, learning_rate)))
+        self.assign_sub(variable, velocity)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "eeta": self.eeta}
+
+
 def build_optimizer(name, schedule, momentum=0.9, nesterov=False):
-    """The optimizer of one stage (`sgd`; tasks that need LARS add it here)."""
+    """The optimizer of one stage: `sgd` (the paper's pretext tasks) or `lars` (SimCLR's)."""
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=nesterov)
-    raise PSLError(f"Unknown optimizer {name!r}. Choose: sgd (--optimizer).")
+    if name == "lars":
+        return LARS(learning_rate=schedule, momentum=momentum)
+    raise PSLError(f"Unknown optimizer {name!r}. Choose one of: {', '.join(OPTIMIZERS)} (--optimizer).")
 
 
 def current_learning_rate(optimizer):

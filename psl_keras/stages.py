@@ -107,6 +107,8 @@ class StageModel(keras.Model):
         self.head = head
         self.global_batch_size = int(global_batch_size)
         self.weight_decay = float(weight_decay)
+        # Whatever else the task keeps for the stage (MoCo's key encoder and queue); never trained by the loss.
+        self.task_state = task.build_stage_state(self)
 
     def frozen_features(self, inputs):
         """Runs the blocks before the window forward only: BatchNorm in inference mode, no gradient."""
@@ -140,16 +142,17 @@ class StageModel(keras.Model):
         # The frozen prefix runs outside the tape: nothing of it is recorded or kept for the backward pass.
         features = self.frozen_features(inputs)
         with tf.GradientTape() as tape:
-            outputs = self.trained_forward(features, training=True)
-            per_example = self.task.per_example_loss(labels, outputs)
+            outputs = self.task.stage_outputs(self, features, training=True)
+            per_example, correct = self.task.objective(labels, outputs)
             loss = ops.sum(per_example) / self.global_batch_size
             if self.weight_decay:
                 loss = loss + optim.l2_penalty(variables, self.weight_decay, replicas)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
+        self.task.after_step(self, outputs)
         return {
             "loss": ops.sum(ops.cast(per_example, "float32")),
-            "correct": ops.sum(self.task.per_example_correct(labels, outputs)),
+            "correct": ops.sum(ops.cast(correct, "float32")),
             "count": ops.cast(ops.shape(per_example)[0], "float32"),
         }

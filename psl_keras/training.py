@@ -31,11 +31,22 @@ RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_c
 
 
 def stage_epochs(config):
-    """Epochs of each stage; E2E's single stage gets the whole PSL budget unless --e2e_epochs says else."""
+    """Epochs of each stage of the plan, a list (--stage_epochs, else --epochs_per_stage for every window);
+    E2E's single stage gets the whole PSL budget unless --e2e_epochs says else."""
+    windows = stages.parse_windows(config.stage_windows)
+    if config.stage_epochs:
+        try:
+            epochs = [int(v) for v in str(config.stage_epochs).split(",")]
+        except ValueError:
+            epochs = []
+        if len(epochs) != len(windows) or min(epochs) < 1:
+            raise PSLError(f"--stage_epochs={config.stage_epochs!r}: expected {len(windows)} positive integers, "
+                           f"one per stage window ({config.stage_windows}), like 60,70,70.")
+    else:
+        epochs = [config.epochs_per_stage] * len(windows)
     if config.mode == "e2e":
-        windows = stages.parse_windows(config.stage_windows)
-        return config.e2e_epochs or config.epochs_per_stage * len(windows)
-    return config.epochs_per_stage
+        return [config.e2e_epochs or sum(epochs)]
+    return epochs
 
 
 class Trainer:
@@ -72,8 +83,11 @@ class Trainer:
         if c.steps_per_epoch < 0:
             raise PSLError(f"--steps_per_epoch must be 0 (full epochs) or a positive cap, got {c.steps_per_epoch}.")
         optim.parse_pattern(c.schedule_pattern)
+        if c.e2e_epochs < 0:
+            raise PSLError(f"--e2e_epochs must be 0 (the stages' sum) or positive, got {c.e2e_epochs}.")
         self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
         self.plan = stages.stage_plan(c.mode, self.task.num_levels, stages.parse_windows(c.stage_windows))
+        self.epochs = dict(zip((s.index for s in self.plan), stage_epochs(c)))
 
     def _build(self):
         c = self.config
@@ -150,7 +164,8 @@ class Trainer:
         return loop.distributed_dataset(
             self.strategy,
             lambda ctx: data_lib.training_pipeline(
-                self.source, preprocess, self.config.batch_size, seed, ctx, self.config.shuffle_buffer, skip_steps
+                self.source, preprocess, self.config.batch_size, seed, ctx, self.config.shuffle_buffer, skip_steps,
+                batch_transform=self.task.batch_transform(stage.level),
             ),
         )
 
@@ -162,19 +177,21 @@ class Trainer:
         state = state or RunState(c.to_dict())
         state.config = c.to_dict()
         steps_per_epoch = data_lib.steps_per_epoch(self.source, c.batch_size, c.steps_per_epoch)
-        epochs = stage_epochs(c)
         run_start = time.time()
-        global_epoch = sum(epochs for s in self.plan if s.index < state.stage) + state.epoch
+        global_epoch = sum(self.epochs[s.index] for s in self.plan if s.index < state.stage) + state.epoch
 
         if state.checkpoint:
             # Backbone weights from the last checkpoint; the head and optimizer too if the stage is unfinished.
             self._restore_backbone(state)
 
         for stage in self.plan:
+            epochs = self.epochs[stage.index]
             if stage.index < state.stage or (stage.index == state.stage and state.epoch >= epochs):
                 continue
             model = self._stage_model(stage, steps_per_epoch, epochs)
-            checkpoint = tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer)
+            extra = {"task_state": model.task_state} if model.task_state is not None else {}
+            checkpoint = tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer,
+                                             **extra)
             manager = tf.train.CheckpointManager(checkpoint, self.run_dir.checkpoint_dir, max_to_keep=2)
             resuming = stage.index == state.stage and (state.epoch or state.step)
             first_epoch = state.epoch if resuming else 0

@@ -67,3 +67,30 @@ def test_bad_schedule_settings_are_clear_errors():
         optim.learning_rate_schedule("linear", 0.1, 10)
     with pytest.raises(PSLError, match="Unknown optimizer"):
         optim.build_optimizer("adam", 0.1)
+
+
+def test_lars_scales_kernel_steps_by_the_trust_ratio_and_leaves_vectors_plain():
+    lars = optim.build_optimizer("lars", 0.5, momentum=0.9)
+    assert isinstance(lars, optim.LARS) and lars.eeta == 0.001
+    kernel = keras.Variable(np.array([[3.0, 4.0]], "float32"))  # |w| = 5
+    bias = keras.Variable(np.array([1.0, -1.0], "float32"))
+    lars.build([kernel, bias])
+    g_kernel = np.array([[0.03, -0.04]], "float32")  # |g| = 0.05 -> trust ratio 0.001 * 5 / 0.05 = 0.1
+    g_bias = np.array([0.2, 0.4], "float32")
+    lars.apply_gradients([(keras.ops.convert_to_tensor(g_kernel), kernel), (keras.ops.convert_to_tensor(g_bias), bias)])
+    v_kernel = 0.5 * 0.1 * g_kernel  # v = momentum * 0 + lr * ratio * g
+    v_bias = 0.5 * g_bias  # no adaptation for rank-1 variables
+    np.testing.assert_allclose(kernel.numpy(), [[3.0, 4.0]] - v_kernel, rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), [1.0, -1.0] - v_bias, rtol=1e-6)
+    # Second step: momentum carries the first velocity; the ratio uses the new weight norm.
+    w = kernel.numpy()
+    ratio = 0.001 * np.linalg.norm(w) / np.linalg.norm(g_kernel)
+    lars.apply_gradients([(keras.ops.convert_to_tensor(g_kernel), kernel), (keras.ops.convert_to_tensor(g_bias), bias)])
+    np.testing.assert_allclose(kernel.numpy(), w - (0.9 * v_kernel + 0.5 * ratio * g_kernel), rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), [1.0, -1.0] - v_bias - (0.9 * v_bias + 0.5 * g_bias), rtol=1e-6)
+    # A zero gradient (or weight) keeps the ratio at 1 instead of dividing by zero.
+    zero = keras.Variable(np.zeros((2, 2), "float32"))
+    lars2 = optim.LARS(0.1)
+    lars2.build([zero])
+    lars2.apply_gradients([(keras.ops.ones((2, 2)), zero)])
+    np.testing.assert_allclose(zero.numpy(), -0.1 * np.ones((2, 2)), rtol=1e-6)

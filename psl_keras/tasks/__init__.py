@@ -3,11 +3,15 @@
 from psl_keras.errors import PSLError
 from psl_keras.tasks.base import Task
 from psl_keras.tasks.jigsaw import JigsawTask
+from psl_keras.tasks.mocov2 import MoCoV2Task
 from psl_keras.tasks.rotation import RotationTask
+from psl_keras.tasks.simclr import SimCLRTask
 
 TASKS = {
     "rotation": RotationTask,
     "jigsaw": JigsawTask,
+    "simclr": SimCLRTask,
+    "mocov2": MoCoV2Task,
 }
 
 

@@ -14,6 +14,7 @@ class Task:
 
     name = None
     num_levels = 3
+    has_labels = True  # a classification task (a label per example); contrastive tasks compare views instead
     # Task-specific settings: name -> (default, help). train.py exposes each as --{task}_{name}; the
     # constructor receives them as keyword arguments (0 / "" meaning "derive from the image size").
     OPTIONS = {}
@@ -51,6 +52,12 @@ class Task:
             raise NotImplementedError(f"Task {self.name} cannot make an example with a chosen label.")
         return self.preprocess(image, seed, level)
 
+    def batch_transform(self, level):
+        """A function (inputs, labels) -> (inputs, labels) run on each per-replica batch after `preprocess`, or
+        None. Tasks whose augmentation is cheaper on a batch (the contrastive ladders) do their pixel work
+        there, with the per-example random choices `preprocess` drew."""
+        return None
+
     def backbone_images(self, inputs):
         """Turns a batch of task inputs into the image batch the backbone sees (identity by default)."""
         return inputs
@@ -70,6 +77,19 @@ class Task:
         logits = layers.Dense(self.num_classes(level), dtype="float32", name=f"{name}_logits")(x)
         return keras.Model(features, logits, name=name)
 
+    # --- per-stage state (MoCo's key encoder and queue) ---------------------------------------------------
+    def build_stage_state(self, stage_model):
+        """A Keras layer holding state the task keeps during one stage besides the trained weights, or None.
+        It is part of the stage's checkpoint."""
+        return None
+
+    def stage_outputs(self, stage_model, features, training=False):
+        """What `objective` scores, from the frozen prefix's features (default: the stage's head outputs)."""
+        return stage_model.trained_forward(features, training=training)
+
+    def after_step(self, stage_model, outputs):
+        """Runs after each optimizer step, in the replica context (MoCo: momentum update, enqueue)."""
+
     # --- objective ------------------------------------------------------------------------------------
     def per_example_loss(self, labels, outputs):
         """Loss of each example, shape [B]; the trainer averages over the global batch."""
@@ -79,6 +99,13 @@ class Task:
         """1.0 where the pretext prediction is right, shape [B] (the accuracy reported while training)."""
         predicted = ops.argmax(outputs, axis=-1)
         return ops.cast(ops.equal(ops.cast(labels, predicted.dtype), predicted), "float32")
+
+    def objective(self, labels, outputs):
+        """(loss of each example [B], 1.0 where it is solved [B]) for one replica's batch, in a replica context.
+
+        Classification tasks score each example alone (the two methods above). Contrastive tasks couple the
+        examples of the global batch here (negatives gathered from every replica)."""
+        return self.per_example_loss(labels, outputs), self.per_example_correct(labels, outputs)
 
     def get_config(self):
         """The constructor's arguments (plus the task's name): `from_config(get_config())` rebuilds the task."""

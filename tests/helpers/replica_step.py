@@ -1,6 +1,8 @@
 """Runs the same PSL stage step on one replica and on two (logical CPU) replicas; prints the difference.
 
-Usage: python replica_step.py SYNC_BN(0|1). Prints JSON {"max_abs_diff": ..., "replicas": 2}.
+Usage: python replica_step.py SYNC_BN(0|1). Prints JSON {"max_abs_diff": ..., "loss_diff": ..., "replicas": 2}.
+Environment: STEPS (default 3); TASK (rotation, or simclr: NT-Xent with negatives gathered from every replica);
+LOCAL_NEGATIVES=1 replaces that gather by the replica's own rows (to show the comparison notices).
 Must run in a fresh process: the CPU is split into two logical devices before TensorFlow starts.
 """
 
@@ -24,6 +26,9 @@ from psl_keras.backbones import backbone_blocks, build_backbone  # noqa: E402
 from psl_keras.tasks import build_task  # noqa: E402
 
 GLOBAL_BATCH = 16
+TASK = os.environ.get("TASK", "rotation")
+if os.environ.get("LOCAL_NEGATIVES") == "1":
+    distribute.gather_replicas = lambda values: (values, 0)
 # Large enough that weight decay counted once per replica instead of once in all would show (~1e-3).
 WEIGHT_DECAY = 0.05
 
@@ -33,7 +38,7 @@ def build(strategy, sync_bn):
     with strategy.scope():
         backbone = build_backbone("resnet18", 32, width=0.125, sync_bn=sync_bn)
         blocks = backbone_blocks(backbone)
-        task = build_task("rotation", 32, head_hidden=16, sync_bn=sync_bn)
+        task = build_task(TASK, 32, head_hidden=16, sync_bn=sync_bn)
         stage = stages.stage_plan("psl", 3)[1]
         head = task.build_head(stage.level, blocks[3].output.shape[-1], name="g2")
         model = stages.StageModel(blocks, stage, head, task, GLOBAL_BATCH, weight_decay=WEIGHT_DECAY)
@@ -46,7 +51,16 @@ def batch(task, level):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (GLOBAL_BATCH, 32, 32, 3), dtype=np.uint8)
     pairs = [task.preprocess(tf.constant(im), tf.constant([1, i], tf.int64), level) for i, im in enumerate(images)]
-    return tf.stack([p[0] for p in pairs]), tf.stack([p[1] for p in pairs])
+    inputs = tf.nest.map_structure(lambda *t: tf.stack(t), *[p[0] for p in pairs])
+    labels = tf.stack([p[1] for p in pairs])
+    transform = task.batch_transform(level)
+    if transform is None:
+        return inputs, labels
+    views, labels = transform(inputs, labels)
+    # Uniform-noise views instead of the ladder's: smooth upscaled crops of tiny images make Keras's synchronised
+    # BatchNorm (E[x^2] - E[x]^2 in float32) ill-conditioned, so 1 and 2 replicas then differ by ~1e-3 whatever
+    # the loss (measured with a per-example loss too); the ladder is tested on its own elsewhere.
+    return tf.random.stateless_uniform(views.shape, [1, 2]), labels
 
 
 def run(strategy, sync_bn, steps=int(os.environ.get("STEPS", 3))):
@@ -62,18 +76,30 @@ def run(strategy, sync_bn, steps=int(os.environ.get("STEPS", 3))):
     def step(data):
         return strategy.run(model.train_step, args=(data,))
 
+    losses = []
     for _ in range(steps):
-        step(strategy.experimental_distribute_values_from_function(shard))
-    return [keras.ops.convert_to_numpy(w) for layer in layers for w in layer.weights]
+        sums = step(strategy.experimental_distribute_values_from_function(shard))
+        losses.append(float(strategy.reduce(tf.distribute.ReduceOp.SUM, sums["loss"], axis=None)))
+    run.last_model = model
+    return [keras.ops.convert_to_numpy(w) for layer in layers for w in layer.weights], losses
 
 
 def main():
     sync_bn = sys.argv[1] == "1"
-    one = run(tf.distribute.OneDeviceStrategy("/cpu:0"), sync_bn)
+    one, one_losses = run(tf.distribute.OneDeviceStrategy("/cpu:0"), sync_bn)
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    two = run(mirrored, sync_bn)
+    two, two_losses = run(mirrored, sync_bn)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two))
-    print(json.dumps({"max_abs_diff": diff, "replicas": mirrored.num_replicas_in_sync}))
+    loss_diff = max(abs(a - b) for a, b in zip(one_losses, two_losses))
+    result = {"max_abs_diff": diff, "loss_diff": loss_diff, "losses": one_losses,
+              "replicas": mirrored.num_replicas_in_sync}
+    state = run.last_model.task_state
+    if state is not None:  # MoCo: every replica's copy of the queue and key encoder must stay the same
+        copies = [state.queue.value.values, state.queue_pointer.value.values] + [
+            k.value.values for k, _ in state.weight_pairs()]
+        result["copies_equal"] = all(all(np.array_equal(c[0].numpy(), x.numpy()) for x in c[1:]) for c in copies)
+        result["queue_pointer"] = int(state.queue_pointer.numpy())
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

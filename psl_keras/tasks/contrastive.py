@@ -1,0 +1,111 @@
+"""What the contrastive tasks (SimCLR, MoCo v2) share: two views per image from a ladder T1 ⊆ T2 ⊆ T3 (PSL
+§3.3.3, Table 3), a siamese pass of both views through the stage's blocks, and an MLP projection head.
+
+Level i of the task is "tell the views of one image from the others' when the views differ by T_i": the
+harder the augmentation, the more invariant (and semantic) the features must be.
+
+Input pipeline: `preprocess` crops both views of an example and draws every other random choice from the
+example's seed; `batch_transform` does the colour, blur and Sobel work on the whole per-replica batch
+(`psl_keras.augment`). The batch reaches the model as views [B, 2, H, W, 3], float32 in [0, 1].
+"""
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from psl_keras.augment import simclr_ladder
+from psl_keras.tasks.base import Task
+
+
+class ContrastiveTask(Task):
+    """Base of the two-view tasks; subclasses set `name`, `crop_area`, `default_strength` and the objective."""
+
+    num_levels = 3
+    has_labels = False
+    crop_area = (0.08, 1.0)
+    OPTIONS = {
+        "temperature": (0.0, "Softmax temperature of the contrastive loss (0: the task's default)."),
+        "projection_dim": (128, "Output size of the projection head."),
+        "strength": (0.0, "Colour-jitter strength s (0: the task's default for the image size)."),
+        "blur_rate": (0.5, "Probability of the Gaussian blur in T3."),
+        "sobel_rate": (0.2, "Probability of Sobel filtering in T3."),
+    }
+
+    def __init__(self, image_size, head_hidden=256, sync_bn=False, temperature=None, projection_dim=128,
+                 strength=None, blur_rate=0.5, sobel_rate=0.2):
+        super().__init__(image_size, head_hidden, sync_bn)
+        self.temperature = float(temperature or self.default_temperature())
+        self.projection_dim = int(projection_dim)
+        self.strength = float(strength or self.default_strength())
+        self.blur_rate = float(blur_rate)
+        self.sobel_rate = float(sobel_rate)
+        if self.temperature <= 0 or self.projection_dim < 1 or self.strength <= 0:
+            raise ValueError("temperature, projection_dim and strength must be positive.")
+        if not (0 <= self.blur_rate <= 1 and 0 <= self.sobel_rate <= 1):
+            raise ValueError("blur_rate and sobel_rate are probabilities in [0, 1].")
+        self.ladder = simclr_ladder(self.image_size, self.strength, self.crop_area, self.blur_rate, self.sobel_rate)
+
+    def default_temperature(self):
+        raise NotImplementedError
+
+    def default_strength(self):
+        # SimCLR: strength 0.5 on CIFAR-10, 1.0 on ImageNet.
+        return 0.5 if self.image_size <= 64 else 1.0
+
+    def num_classes(self, level):
+        raise NotImplementedError(f"{self.name} has no classes: it contrasts views.")
+
+    def describe_level(self, level):
+        return f"{self.name} T{level} = {self.ladder.describe(level)}"
+
+    # --- data -----------------------------------------------------------------------------------------
+    def preprocess(self, image, seed, level):
+        """Two views of one image (cropped; the batch layers' parameters drawn), and a dummy label 0."""
+        first, second = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+        view1, params1 = self.ladder.sample(image, first, level)
+        view2, params2 = self.ladder.sample(image, second, level)
+        params = tf.nest.map_structure(lambda a, b: tf.stack([a, b]), params1, params2)
+        return {"views": tf.stack([view1, view2]), "params": params}, tf.constant(0, tf.int64)
+
+    def batch_transform(self, level):
+        size = self.image_size
+
+        def transform(inputs, labels):
+            pairs = tf.shape(inputs["views"])[0]
+            views = tf.reshape(inputs["views"], [-1, size, size, 3])
+            params = tf.nest.map_structure(
+                lambda p: tf.reshape(p, tf.concat([[-1], tf.shape(p)[2:]], 0)), inputs["params"])
+            views = self.ladder.augment(views, params, level)
+            return tf.reshape(views, [pairs, 2, size, size, 3]), labels
+
+        return transform
+
+    def make_example(self, image, seed, level, label=None):
+        """Both views of `image`, fully augmented: [2, H, W, 3] (what the model sees for one example)."""
+        if label is not None:
+            raise NotImplementedError(f"{self.name} has no labels to choose.")
+        inputs, label = self.preprocess(image, seed, level)
+        batch = tf.nest.map_structure(lambda t: t[tf.newaxis], inputs)
+        views, _ = self.batch_transform(level)(batch, label[tf.newaxis])
+        return views[0], label
+
+    def backbone_images(self, inputs):
+        """Views [B, 2, H, W, 3] -> [2B, H, W, 3], the two views of an image next to each other."""
+        return tf.reshape(inputs, [-1, *inputs.shape[2:]])  # static sizes kept where known
+
+    # --- network --------------------------------------------------------------------------------------
+    def build_head(self, level, feature_channels, name):
+        """SimCLR's projection g: pool, Dense(head_hidden) + BN + ReLU, Dense(projection_dim)."""
+        features = keras.Input((None, None, feature_channels), name=f"{name}_features")
+        x = layers.GlobalAveragePooling2D(name=f"{name}_pool")(features)
+        x = layers.Dense(self.head_hidden, use_bias=False, name=f"{name}_hidden")(x)
+        x = layers.BatchNormalization(synchronized=self.sync_bn, name=f"{name}_bn")(x)
+        x = layers.Activation("relu", name=f"{name}_relu")(x)
+        projection = layers.Dense(self.projection_dim, dtype="float32", name=f"{name}_projection")(x)
+        return keras.Model(features, projection, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(temperature=self.temperature, projection_dim=self.projection_dim, strength=self.strength,
+                      blur_rate=self.blur_rate, sobel_rate=self.sobel_rate)
+        return config

@@ -1,0 +1,49 @@
+"""SimCLR with PSL (Chen et al. 2020; PSL §3.3.3): NT-Xent between the two views of each image, the other
+images of the global batch as negatives, on the augmentation ladder T1 ⊆ T2 ⊆ T3.
+
+Under a multi-replica strategy the negatives come from every replica (a differentiable all-gather), so the
+loss and gradient equal the single-device ones on the same global batch. The paper trains it with LARS at
+lr 0.3 x batch/256, warm-up then cosine (the presets in `psl_keras.config`).
+"""
+
+from keras import ops
+
+from psl_keras.tasks.contrastive import ContrastiveTask
+
+
+def nt_xent(embeddings, temperature, gather=None):
+    """NT-Xent of one replica's embeddings [2n, d], rows 2k and 2k+1 being the two views of image k.
+
+    Each row's positive is its partner; its negatives are every other row of the global batch (`gather`
+    returns all replicas' rows and this replica's offset among them; default: this replica alone).
+    Returns (loss of each image: the mean over its two views [n], the share of its views whose partner
+    ranks first [n]).
+    """
+    z = ops.cast(embeddings, "float32")
+    z = z / ops.sqrt(ops.maximum(ops.sum(ops.square(z), axis=1, keepdims=True), 1e-24))
+    everyone, offset = gather(z) if gather is not None else (z, 0)
+    rows = ops.arange(ops.shape(z)[0])
+    own = rows + offset
+    partner = ops.bitwise_xor(rows, 1) + offset
+    logits = ops.matmul(z, ops.transpose(everyone)) / temperature
+    # An embedding is not its own negative: mask the self-similarity out of the softmax.
+    logits = logits - 1e9 * ops.one_hot(own, ops.shape(everyone)[0], dtype=logits.dtype)
+    losses = ops.sparse_categorical_crossentropy(partner, logits, from_logits=True)
+    correct = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=1), "int32"), ops.cast(partner, "int32")),
+                       "float32")
+    return ops.mean(ops.reshape(losses, (-1, 2)), axis=1), ops.mean(ops.reshape(correct, (-1, 2)), axis=1)
+
+
+class SimCLRTask(ContrastiveTask):
+    """Two views per image; the stage head projects each to `projection_dim`; NT-Xent at `temperature`."""
+
+    name = "simclr"
+
+    def default_temperature(self):
+        # SimCLR's tuned values: 0.5 on CIFAR-10 (appendix B.9), 0.1 on ImageNet with LARS.
+        return 0.5 if self.image_size <= 64 else 0.1
+
+    def objective(self, labels, outputs):
+        from psl_keras.distribute import gather_replicas  # TensorFlow's replica context
+
+        return nt_xent(outputs, self.temperature, gather_replicas)

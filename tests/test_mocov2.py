@@ -1,0 +1,165 @@
+"""MoCo v2 with PSL: InfoNCE against numpy, the key encoder (no gradient, momentum rule), the FIFO queue, stage
+boundaries, and a run interrupted mid-stage that resumes to the same weights and queue."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import synthetic_images, tiny_config
+from psl_keras import stages
+from psl_keras.backbones import backbone_blocks, build_backbone
+from psl_keras.data import ImageSource
+from psl_keras.errors import PSLError
+from psl_keras.tasks import build_task
+from psl_keras.tasks.mocov2 import info_nce
+from psl_keras.training import Trainer
+
+
+def test_info_nce_equals_numpy():
+    rng = np.random.default_rng(0)
+    q, k, queue = rng.normal(size=(5, 8)), rng.normal(size=(5, 8)), rng.normal(size=(7, 8))
+    k /= np.linalg.norm(k, axis=1, keepdims=True)
+    queue /= np.linalg.norm(queue, axis=1, keepdims=True)
+    losses, correct = info_nce(tf.constant(q, tf.float32), tf.constant(k, tf.float32),
+                               tf.constant(queue, tf.float32), 0.2)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    logits = np.concatenate([(qn * k).sum(1, keepdims=True), qn @ queue.T], axis=1) / 0.2
+    expected = -logits[:, 0] + np.log(np.exp(logits).sum(axis=1))
+    np.testing.assert_allclose(losses.numpy(), expected, rtol=1e-5)
+    np.testing.assert_array_equal(correct.numpy(), (logits.argmax(axis=1) == 0).astype(np.float32))
+
+
+def moco_stage(batch=8, queue_size=32, momentum=0.9, stage_index=1):
+    keras.utils.set_random_seed(0)
+    task = build_task("mocov2", 32, head_hidden=16, options={"queue_size": queue_size, "momentum": momentum,
+                                                              "shuffle_groups": 2})
+    blocks = backbone_blocks(build_backbone("resnet18", 32, width=0.125))
+    stage = stages.stage_plan("psl", 3)[stage_index]
+    head = task.build_head(stage.level, blocks[stage.last_block - 1].output.shape[-1], name="g")
+    model = stages.StageModel(blocks, stage, head, task, batch, weight_decay=1e-4)
+    model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
+    images = synthetic_images(batch)
+    examples = [task.preprocess(tf.constant(im), tf.constant([3, i], tf.int64), stage.level)
+                for i, im in enumerate(images)]
+    inputs = tf.nest.map_structure(lambda *t: tf.stack(t), *[e[0] for e in examples])
+    views, labels = task.batch_transform(stage.level)(inputs, tf.stack([e[1] for e in examples]))
+    return task, model, (views, labels)
+
+
+def test_key_encoder_gets_no_gradient_and_follows_the_momentum_rule():
+    task, model, batch = moco_stage(momentum=0.9)
+    state = model.task_state
+    pairs = state.weight_pairs()
+    assert pairs and all(k is not q for k, q in pairs)
+    # Starts as a copy of the query encoder (the stage's trained blocks and head).
+    for k, q in pairs:
+        np.testing.assert_array_equal(k.numpy(), q.numpy())
+    assert not any(k.trainable for k, _ in pairs)
+    key_ids = {id(k) for k, _ in pairs}
+    assert not key_ids & {id(v) for v in model.stage_variables}  # the optimizer never sees them
+    with tf.GradientTape() as tape:
+        features = model.frozen_features(batch[0])
+        outputs = task.stage_outputs(model, features, training=True)
+        loss = tf.reduce_sum(task.objective(batch[1], outputs)[0])
+    gradients = tape.gradient(loss, [k for k, _ in pairs])
+    assert all(g is None for g in gradients)
+
+    before = [k.numpy() for k, _ in pairs]
+    step = tf.function(model.train_step)
+    step(batch)
+    trained = [(b, k.numpy(), q.numpy(), q.trainable) for b, (k, q) in zip(before, pairs)]
+    moved = 0
+    for key_before, key_after, query_after, is_trained in trained:
+        if is_trained:  # k <- 0.9 k + 0.1 q, with q after the optimizer step
+            np.testing.assert_allclose(key_after, 0.9 * key_before + 0.1 * query_after, rtol=1e-5, atol=1e-7)
+            moved += not np.allclose(query_after, key_before)
+        else:  # BatchNorm moving statistics: the key encoder normalises with batch statistics
+            assert key_after.shape == query_after.shape
+    assert moved > 10  # the query encoder really changed, so the rule is tested on real updates
+
+
+def test_queue_is_first_in_first_out_and_wraps_around():
+    _, model, _ = moco_stage(batch=8, queue_size=20)
+    state = model.task_state
+    start = state.queue.numpy().copy()
+    np.testing.assert_allclose(np.linalg.norm(start, axis=1), 1.0, rtol=1e-5)  # random unit vectors
+    batches = [np.full((8, start.shape[1]), float(i + 1), np.float32) for i in range(3)]
+    state.update(tf.constant(batches[0]))
+    queue = state.queue.numpy()
+    np.testing.assert_array_equal(queue[:8], batches[0])
+    np.testing.assert_array_equal(queue[8:], start[8:])
+    state.update(tf.constant(batches[1]))
+    state.update(tf.constant(batches[2]))  # 24 keys into 20 slots: the oldest four (batch 1's) go first
+    queue = state.queue.numpy()
+    np.testing.assert_array_equal(queue[16:20], batches[2][:4])
+    np.testing.assert_array_equal(queue[:4], batches[2][4:])
+    np.testing.assert_array_equal(queue[4:8], batches[0][4:])
+    np.testing.assert_array_equal(queue[8:16], batches[1])
+    assert int(state.queue_pointer.numpy()) == 4
+
+
+def test_each_stage_starts_its_own_key_encoder_and_queue():
+    _, first, _ = moco_stage(stage_index=0)
+    _, second, _ = moco_stage(stage_index=1)
+    assert first.task_state is not second.task_state
+    # Stage 2's key encoder mirrors stage 2's window (B2..B4) and head, not stage 1's.
+    assert [b.name for b in second.task_state.query_layers[:-1]] == [b.name for b in second.trained_blocks]
+    assert second.task_state.key_head.output.shape[-1] == 128
+    with pytest.raises(PSLError, match="queue_size"):
+        moco_stage(batch=8, queue_size=4)
+
+
+class KeepQueue(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        state = self.model.task_state
+        self.final = [state.queue.numpy(), state.queue_pointer.numpy()] + [k.numpy() for k, _ in state.weight_pairs()]
+
+
+def test_moco_run_interrupted_mid_stage_resumes_to_the_same_weights_and_queue(tmp_path):
+    source = ImageSource.from_arrays("synthetic", synthetic_images(64), np.arange(64) % 4)
+    overrides = dict(task="mocov2", steps_per_epoch=3, task_options={"queue_size": 32, "shuffle_groups": 2})
+    keep_straight = KeepQueue()
+    straight = Trainer(tiny_config(tmp_path / "a", **overrides), source=source, callbacks=[keep_straight], verbose=0)
+    straight.train()
+
+    class Interrupt(keras.callbacks.Callback):
+        seen = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Interrupt.seen += 1
+            if Interrupt.seen == 8:  # after 3 steps of S1, 3 of S2 and 2 of S3
+                raise KeyboardInterrupt
+
+    config = tiny_config(tmp_path / "b", **overrides)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, source=source, callbacks=[Interrupt()], verbose=0).train()
+    with open(os.path.join(config.output_dir, "state.json")) as f:
+        state = json.load(f)
+    assert (state["stage"], state["epoch"], state["step"]) == (3, 0, 2)
+    keep_resumed = KeepQueue()
+    resumed = Trainer(config, resume=True, source=source, callbacks=[keep_resumed], verbose=0)
+    resumed.train()
+    for a, b in zip(straight.backbone.weights, resumed.backbone.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert len(keep_straight.final) == len(keep_resumed.final) > 2
+    for a, b in zip(keep_straight.final, keep_resumed.final):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_two_replicas_keep_one_queue_filled_from_both():
+    import subprocess
+    import sys
+
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "replica_step.py")
+    env = dict(os.environ, TASK="mocov2", STEPS="2")
+    out = subprocess.run([sys.executable, helper, "0"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Both replicas' copies of the queue, its pointer and the key encoder are identical, and each step
+    # enqueued the keys of the whole global batch of 16 (gathered from both replicas).
+    assert result["replicas"] == 2 and result["copies_equal"] is True
+    assert result["queue_pointer"] == 2 * 16
