@@ -44,6 +44,9 @@ OPTIM = ("tests/test_optim.py", "tests/test_training.py")
 TRAINING = ("tests/test_training.py",)
 LOOP = ("tests/test_loop.py", "tests/test_training.py")
 EVALUATION = ("tests/test_evaluation.py", "tests/test_training.py", "tests/test_cli.py")
+AUGMENT = ("tests/test_augment.py",)
+CONTRASTIVE = ("tests/test_contrastive.py", "tests/test_golden.py")
+MOCO = ("tests/test_mocov2.py",)
 
 MUTANTS = (
     # --- stages: isolation, frozen statistics, loss scaling, decay targets, the plan -------------------
@@ -155,8 +158,7 @@ MUTANTS = (
     Mutant("R5", "heads not initialised from their own seeds (resume builds other heads)", "psl_keras/training.py",
            (("keras.utils.set_random_seed(derived_seed(c.seed, HEAD_SEED, stage.index))", "pass"),), TRAINING),
     Mutant("R6", "optimizer state left out of the checkpoint", "psl_keras/training.py",
-           (("tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer)",
-             "tf.train.Checkpoint(backbone=self.backbone, head=model.head)"),), TRAINING),
+           (("head=model.head, optimizer=model.optimizer,", "head=model.head,"),), TRAINING),
     Mutant("R7", "a resumed epoch starts again from its first batch", "psl_keras/training.py",
            (("skip_steps=first_step)", "skip_steps=0)"),), TRAINING),
     Mutant("L1", "Ctrl-C right after a step loses that step on resume", "psl_keras/loop.py",
@@ -192,6 +194,29 @@ MUTANTS = (
     Mutant("E10", "labelled subset not class-balanced", "psl_keras/evaluation/protocols.py",
            (("chosen.append(np.sort(rng.permutation(members)[:per_class]))",
              "chosen.append(np.sort(rng.permutation(members)[:per_class + c % 2]))"),), EVALUATION),
+    Mutant("C1", "NT-Xent negatives only from the replica's own batch", "psl_keras/distribute.py",
+           (("    if context is None or context.num_replicas_in_sync == 1:\n        return values, 0",
+             "    if True:\n        return values, 0"),), CONTRASTIVE),
+    Mutant("C2", "an embedding counted as its own negative", "psl_keras/tasks/simclr.py",
+           (("    logits = logits - 1e9 * ops.one_hot(", "    logits = logits - 0 * ops.one_hot("),), CONTRASTIVE),
+    Mutant("C3", "rotation draws its examples differently than before (not bit-identical)", "psl_keras/tasks/rotation.py",
+           (("label_seed, flip_seed, offset_seed = tf.unstack(", "flip_seed, label_seed, offset_seed = tf.unstack("),),
+           ("tests/test_golden.py",)),
+    Mutant("C4", "LARS adapts biases and BatchNorm vectors too", "psl_keras/optim.py",
+           (("        if len(variable.shape) > 1:\n            weight_norm", "        if True:\n            weight_norm"),),
+           OPTIM),
+    Mutant("C5", "one blur sigma for the whole batch", "psl_keras/augment.py",
+           (("(2.0 * tf.square(sigma)[:, tf.newaxis])", "(2.0 * tf.square(0 * sigma + sigma[0])[:, tf.newaxis])"),),
+           AUGMENT),
+    Mutant("C6", "colour operations always in one order", "psl_keras/augment.py",
+           (("tf.switch_case(params[\"order\"][position],", "tf.switch_case(tf.constant(position),"),), AUGMENT),
+    Mutant("C7", "the key encoder copies the query encoder instead of averaging", "psl_keras/tasks/mocov2.py",
+           (("k.assign(momentum * k + (1.0 - momentum) * q)", "k.assign(q)"),), MOCO),
+    Mutant("C8", "the queue overwrites the same slots every step", "psl_keras/tasks/mocov2.py",
+           (("lambda p: p.assign((p + count) % size)", "lambda p: p.assign(p)"),), MOCO),
+    Mutant("C9", "MoCo's key encoder and queue left out of the checkpoint", "psl_keras/training.py",
+           (('extra = {"task_state": model.task_state} if model.task_state is not None else {}', "extra = {}"),),
+           MOCO),
 )
 
 
