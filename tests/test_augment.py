@@ -162,10 +162,16 @@ def test_only_the_picked_images_change():
 
 
 def test_any_keras_augmentation_layer_can_join_a_ladder():
+    import keras_cv
+
     crop = augment.RandomResizedCrop(16)
-    ladder = augment.AugmentationLadder([[crop], [crop, keras.layers.RandomContrast(0.5, value_range=(0, 1))]], 16)
-    views, _ = run_level(ladder, noise_images(4), 2, [[0, i] for i in range(4)])
-    assert views.shape == (4, 16, 16, 3)
+    t2 = [crop, keras.layers.RandomContrast(0.5, value_range=(0, 1))]
+    t3 = t2 + [keras_cv.layers.RandomBrightness(0.3, value_range=(0, 1)), augment.RandomSobel(rate=1.0)]
+    ladder = augment.AugmentationLadder([[crop], t2, t3], 16)
+    for level in (2, 3):
+        views, _ = run_level(ladder, noise_images(4), level, [[0, i] for i in range(4)])
+        assert views.shape == (4, 16, 16, 3) and views.dtype == np.float32
+    assert np.allclose(views[..., 0], views[..., 1])  # the Sobel layer ran after the foreign ones
     # Called on their own, the ladder's layers work like Keras augmentation layers.
     batch = tf.random.uniform([3, 20, 20, 3], seed=1)
     assert augment.RandomGaussianBlur(rate=1.0, seed=1)(batch).shape == (3, 20, 20, 3)
