@@ -120,8 +120,10 @@ class KeepQueue(keras.callbacks.Callback):
 
 
 def test_moco_run_interrupted_mid_stage_resumes_to_the_same_weights_and_queue(tmp_path):
+    # One E2E stage of 6 steps, interrupted after 3 (the key encoder and queue then hold 3 steps of state).
     source = ImageSource.from_arrays("synthetic", synthetic_images(64), np.arange(64) % 4)
-    overrides = dict(task="mocov2", steps_per_epoch=3, task_options={"queue_size": 32, "shuffle_groups": 2})
+    overrides = dict(task="mocov2", mode="e2e", e2e_epochs=2, steps_per_epoch=3,
+                     task_options={"queue_size": 32, "shuffle_groups": 2})
     keep_straight = KeepQueue()
     straight = Trainer(tiny_config(tmp_path / "a", **overrides), source=source, callbacks=[keep_straight], verbose=0)
     straight.train()
@@ -131,7 +133,7 @@ def test_moco_run_interrupted_mid_stage_resumes_to_the_same_weights_and_queue(tm
 
         def on_train_batch_end(self, batch, logs=None):
             Interrupt.seen += 1
-            if Interrupt.seen == 8:  # after 3 steps of S1, 3 of S2 and 2 of S3
+            if Interrupt.seen == 4:  # inside the second epoch
                 raise KeyboardInterrupt
 
     config = tiny_config(tmp_path / "b", **overrides)
@@ -139,13 +141,14 @@ def test_moco_run_interrupted_mid_stage_resumes_to_the_same_weights_and_queue(tm
         Trainer(config, source=source, callbacks=[Interrupt()], verbose=0).train()
     with open(os.path.join(config.output_dir, "state.json")) as f:
         state = json.load(f)
-    assert (state["stage"], state["epoch"], state["step"]) == (3, 0, 2)
+    assert (state["stage"], state["epoch"], state["step"]) == (1, 1, 1)
     keep_resumed = KeepQueue()
     resumed = Trainer(config, resume=True, source=source, callbacks=[keep_resumed], verbose=0)
     resumed.train()
     for a, b in zip(straight.backbone.weights, resumed.backbone.weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert len(keep_straight.final) == len(keep_resumed.final) > 2
+    assert int(keep_resumed.final[1]) == 6 * 16 % 32  # six batches of 16 keys went into the queue
     for a, b in zip(keep_straight.final, keep_resumed.final):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

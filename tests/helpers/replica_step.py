@@ -93,6 +93,14 @@ def main():
     loss_diff = max(abs(a - b) for a, b in zip(one_losses, two_losses))
     result = {"max_abs_diff": diff, "loss_diff": loss_diff, "losses": one_losses,
               "replicas": mirrored.num_replicas_in_sync}
+    if TASK == "simclr" and os.environ.get("LOCAL_NEGATIVES") != "1":
+        # The same comparison with each replica's own rows as its only negatives: it must notice.
+        gather = distribute.gather_replicas
+        distribute.gather_replicas = lambda values: (values, 0)
+        local, local_losses = run(mirrored, sync_bn)
+        distribute.gather_replicas = gather
+        result["local_max_abs_diff"] = max(float(np.max(np.abs(a - b))) for a, b in zip(one, local))
+        result["local_loss_diff"] = max(abs(a - b) for a, b in zip(one_losses, local_losses))
     state = run.last_model.task_state
     if state is not None:  # MoCo: every replica's copy of the queue and key encoder must stay the same
         copies = [state.queue.value.values, state.queue_pointer.value.values] + [
