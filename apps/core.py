@@ -68,7 +68,7 @@ class RunInfo:
         if c.get("mode") == "e2e" and stages:
             epochs = f"{stages[0].get('epochs', '?')}"
         dataset = self.summary.get("dataset", {}).get("name") or c.get("dataset", "?")
-        heads = f"{len(stages)}" if self.has_heads else "none (retrieval only)"
+        heads = "-" if self.problem else f"{len(stages)}" if self.has_heads else "none (retrieval only)"
         return [self.name, c.get("task", "?"), c.get("mode", "?"), f"{c.get('backbone', '?')} x{c.get('width', '?')}",
                 dataset, epochs, pretext or "-", knn or "-", heads, self.problem or "ready"]
 
@@ -94,8 +94,19 @@ def discover_runs(runs_dir):
                     summary = json.load(f)
             except (OSError, ValueError) as err:
                 problem = f"{SUMMARY_FILE} is unreadable ({err})"
+        if not summary and STATE_FILE in files:  # a run still training (or stopped): its settings and progress
+            try:
+                with open(os.path.join(directory, STATE_FILE)) as f:
+                    state = json.load(f)
+                summary = {"config": state.get("config") or {}, "stages": state.get("stages") or []}
+                progress = f"stage {state.get('stage')}, {state.get('epoch')} epoch(s) done"
+            except (OSError, ValueError, AttributeError):
+                progress = f"{STATE_FILE} unreadable"
+        else:
+            progress = ""
         if BACKBONE_FILE not in files:
-            problem = problem or f"unfinished (no {BACKBONE_FILE}): continue it with train.py --resume"
+            problem = problem or (f"unfinished ({progress + '; ' if progress else ''}no {BACKBONE_FILE}): "
+                                  f"continue it with train.py --resume")
         elif not zipfile.is_zipfile(os.path.join(directory, BACKBONE_FILE)):  # cheap; loading comes later
             problem = problem or f"{BACKBONE_FILE} is damaged (not a .keras archive)"
         elif not summary and not problem:

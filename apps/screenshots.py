@@ -77,6 +77,7 @@ def main():
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(url)
             expect(page.get_by_text("run(s) under")).to_be_visible(timeout=120_000)
+            expect(page.get_by_role("gridcell", name=args.run_a).first).to_be_visible(timeout=120_000)
             page.screenshot(path=os.path.join(args.out, "runs.png"), full_page=True)
 
             def upload(panel):

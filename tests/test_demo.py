@@ -331,3 +331,19 @@ def test_runs_load_once_and_the_cache_is_bounded(demo):
     assert second is not first and app.cache.loads == 3  # ... and loaded again
     os.utime(root / "runs" / "rotation_psl" / "backbone.keras")  # a run whose files changed is loaded again
     assert app.load_run("rotation_psl") is not second and app.cache.loads == 4
+
+
+def test_a_run_still_training_shows_its_settings_and_progress(tmp_path):
+    from apps.core import discover_runs
+
+    run = tmp_path / "runs" / "going"
+    run.mkdir(parents=True)
+    state = {"config": {"task": "simclr", "mode": "psl", "backbone": "resnet18", "width": 0.5,
+                        "dataset": "cifar10", "epochs_per_stage": 5},
+             "stage": 2, "epoch": 3, "step": 0, "stages": [{"stage": 1, "final_accuracy": 0.5}]}
+    (run / "state.json").write_text(json.dumps(state))
+    (info,) = discover_runs(str(tmp_path / "runs"))
+    row = info.row()
+    assert row[:5] == ["going", "simclr", "psl", "resnet18 x0.5", "cifar10"]
+    assert "stage 2, 3 epoch(s) done" in info.problem and "--resume" in info.problem
+    assert row[8] == "-"  # no heads offered for a run that cannot be used yet
