@@ -115,6 +115,14 @@ def jigsaw_edge_probe(task, images, level=1, candidates=16, seed=0):
     return {"accuracy": correct / len(images), "chance": 1.0 / len(permutations)}
 
 
-def noise_images(count, size, seed=0):
-    """Content-free test images: i.i.d. uniform uint8 noise, [count, size, size, 3]."""
-    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+def noise_images(count, size, seed=0, smooth=0.0):
+    """Content-free test images, [count, size, size, 3] uint8: i.i.d. uniform noise, or with `smooth` > 0
+    isotropic noise (white noise low-passed by a Gaussian of that many pixels, contrast restored)."""
+    images = np.random.default_rng(seed).integers(0, 256, (count, size, size, 3)).astype(np.float32)
+    if smooth:
+        from psl_keras.augment import gaussian_blur
+
+        radius = max(1, int(np.ceil(3 * smooth)))
+        images = gaussian_blur(tf.constant(images), tf.fill([count], float(smooth)), radius).numpy()
+        images = (images - images.mean()) / (images.std() + 1e-6) * 48 + 128
+    return np.clip(images, 0, 255).astype(np.uint8)

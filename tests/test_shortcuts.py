@@ -1,0 +1,45 @@
+"""The shortcut probes themselves: AUC arithmetic, and that each probe finds a cue where one is known to exist
+and reports chance where none can exist."""
+
+import numpy as np
+
+from psl_keras import shortcuts
+from psl_keras.tasks import build_task
+
+
+def test_auc_equals_counting_pairs():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 1, 40).round(1), rng.normal(0, 1, 30).round(1)  # rounding makes ties
+    pairs = [(x > y) + 0.5 * (x == y) for x in a for y in b]
+    assert abs(shortcuts.auc(a, b) - np.mean(pairs)) < 1e-12
+    assert shortcuts.separability(b, a) == shortcuts.separability(a, b) >= 0.5
+
+
+def test_the_energy_ratio_sees_orientation():
+    # A checkerboard alternates along both axes and is constant along both diagonals; horizontal stripes
+    # alternate along one axis and along both diagonals alike.
+    checkerboard = np.fromfunction(lambda y, x, c: (y + x) % 2, (16, 16, 3))[None]
+    stripes = np.fromfunction(lambda y, x, c: y % 2, (16, 16, 3))[None]
+    assert shortcuts.axis_over_diagonal_energy(checkerboard)[0] > 1e6
+    assert abs(shortcuts.axis_over_diagonal_energy(stripes)[0] - 0.5) < 1e-9
+
+
+def test_rotation_probe_finds_the_resampling_fingerprint_on_isotropic_noise():
+    # Today's bilinear resampling (issue 11): multiples of 90 and odd multiples of 45 degrees are told apart
+    # on noise that has no orientation at all.
+    task = build_task("rotation", 32)
+    result = shortcuts.rotation_probe(task, shortcuts.noise_images(60, 32, smooth=1.0))
+    assert result["family"] > 0.9 and result["worst_pair"] >= result["family"] and result["chance"] == 0.5
+    assert len(result["pairs"]) == 28
+
+
+def test_jigsaw_edge_solver_solves_touching_tiles_and_is_at_chance_on_noise():
+    touching = build_task("jigsaw", 32, options={"tile_size": 32, "set_sizes": "16,32,64"})  # tiles fill cells
+    smooth = shortcuts.noise_images(24, 32, smooth=2.0)
+    solved = shortcuts.jigsaw_edge_probe(touching, smooth, level=1, candidates=16)
+    assert solved["chance"] == 1 / 16 and solved["accuracy"] > 0.9
+    # Tiles far apart (13 px in 32-px cells, about 5 source pixels between neighbours) of i.i.d. noise: nothing
+    # carries across the gap, so the solver is at chance (6.25%).
+    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "tile_size": 13})
+    white = shortcuts.jigsaw_edge_probe(gapped, shortcuts.noise_images(48, 32), level=1, candidates=16)
+    assert white["accuracy"] < 0.2
