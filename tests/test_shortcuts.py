@@ -43,3 +43,25 @@ def test_jigsaw_edge_solver_solves_touching_tiles_and_is_at_chance_on_noise():
     gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "tile_size": 13})
     white = shortcuts.jigsaw_edge_probe(gapped, shortcuts.noise_images(48, 32), level=1, candidates=16)
     assert white["accuracy"] < 0.2
+
+
+def test_smooth_resampling_removes_the_rotation_fingerprint():
+    # Issue 11's target: every pair of angles at AUC <= 0.6 on content-free noise; today's bilinear fails it.
+    noise = shortcuts.noise_images(60, 32, smooth=1.0)
+    before = shortcuts.rotation_probe(build_task("rotation", 32), noise)
+    after = shortcuts.rotation_probe(build_task("rotation", 32, options={"resample": "smooth"}), noise)
+    assert before["worst_pair"] > 0.9
+    assert after["worst_pair"] <= 0.6
+
+
+def test_gapped_jigsaw_tiles_defeat_the_edge_solver():
+    # Smooth content (isotropic noise, like the low frequencies of photos): facing edges of the standard small
+    # geometry match, those of the gapped one do not. Issue 11's target: within 2x chance (12.5% of 16-way).
+    images = shortcuts.noise_images(48, 32, smooth=1.0)
+    standard = build_task("jigsaw", 32, options={"set_sizes": "16,32,64"})
+    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "geometry": "gapped"})
+    assert (gapped.tile_size, gapped.cell_size) == (standard.tile_size, 2 * standard.tile_size)
+    before = shortcuts.jigsaw_edge_probe(standard, images, level=1, candidates=16)
+    after = shortcuts.jigsaw_edge_probe(gapped, images, level=1, candidates=16)
+    assert before["accuracy"] > 0.5
+    assert after["accuracy"] <= 2 * after["chance"]

@@ -62,6 +62,18 @@ def apply_transform(image, transform, out_size, fill_mode="REFLECT", interpolati
     return out[0]
 
 
+def smooth(image, sigma, radius=2):
+    """Isotropic Gaussian blur of one float image [H, W, C] (a separable 5-tap kernel, reflected borders)."""
+    taps = [math.exp(-(k * k) / (2.0 * sigma * sigma)) for k in range(-radius, radius + 1)]
+    taps = tf.constant([t / sum(taps) for t in taps], tf.float32)
+    channels = image.shape[-1] or 3
+    x = tf.pad(image[tf.newaxis], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    vertical = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    horizontal = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, channels, 1])
+    x = tf.nn.depthwise_conv2d(x, vertical, [1, 1, 1, 1], "VALID")
+    return tf.nn.depthwise_conv2d(x, horizontal, [1, 1, 1, 1], "VALID")[0]
+
+
 def resize_shorter_side(image, size):
     """Resizes a float image so its shorter side is `size` (antialiased), keeping the aspect ratio."""
     shape = tf.shape(image)
@@ -78,10 +90,18 @@ class RotationTask(Task):
     OPTIONS = {
         "crop_fraction": (0.0, "Share of the inscribed square the random crop covers (0: 224/256, 1 at <=64 px)."),
         "resize_shorter": (0, "Shorter side before rotating (0: image_size*256/224; none at <=64 px)."),
+        "resample": ("bilinear", "bilinear (the published runs), or smooth: bilinear then an isotropic 0.6-px "
+                                 "Gaussian, which removes the angle's interpolation fingerprint (issue 11)."),
     }
+    RESAMPLING = ("bilinear", "smooth")
+    SMOOTH_SIGMA = 0.6  # output pixels; measured by benchmarks/shortcuts.py
 
-    def __init__(self, image_size, head_hidden=256, sync_bn=False, resize_shorter=None, crop_fraction=None):
+    def __init__(self, image_size, head_hidden=256, sync_bn=False, resize_shorter=None, crop_fraction=None,
+                 resample="bilinear"):
         super().__init__(image_size, head_hidden, sync_bn)
+        if resample not in self.RESAMPLING:
+            raise ValueError(f"resample must be one of {', '.join(self.RESAMPLING)}, got {resample!r}.")
+        self.resample = resample
         large = self.image_size > 64
         # Paper (ImageNet): shorter side 256, 224 crops. Small images keep their own size.
         self.resize_shorter = int(resize_shorter or (round(self.image_size * 256 / 224) if large else 0))
@@ -114,7 +134,13 @@ class RotationTask(Task):
         transform = rotation_crop_transform(
             angle, height, width, float(self.image_size), window, offset, tf.cast(flip, tf.float32)
         )
-        return apply_transform(image, transform, self.image_size)
+        rotated = apply_transform(image, transform, self.image_size)
+        if self.resample == "smooth":
+            # Bilinear interpolation leaves creases along the source pixel grid, which turns with the angle:
+            # a network can read multiples of 90 from odd multiples of 45 degrees on images without content.
+            # An isotropic blur smooths the creases out for every angle alike (0 degrees included).
+            rotated = smooth(rotated, self.SMOOTH_SIGMA)
+        return rotated
 
     def preprocess(self, image, seed, level):
         return self.make_example(image, seed, level)
@@ -135,5 +161,5 @@ class RotationTask(Task):
 
     def get_config(self):
         config = super().get_config()
-        config.update(resize_shorter=self.resize_shorter, crop_fraction=self.crop_fraction)
+        config.update(resize_shorter=self.resize_shorter, crop_fraction=self.crop_fraction, resample=self.resample)
         return config
