@@ -17,6 +17,8 @@ from absl import app, flags, logging  # noqa: E402
 
 from psl_keras.backbones import BLOCK_NAMES  # noqa: E402
 from psl_keras.config import SCHEDULES, STRATEGIES  # noqa: E402
+from psl_keras.ranges import (Range, define_number, define_number_list, non_negative, non_negative_int,  # noqa: E402
+                              positive, positive_int)
 
 FLAGS = flags.FLAGS
 PROBES = ["all-blocks", "knn", "semi", "transfer"]
@@ -28,46 +30,36 @@ flags.DEFINE_string("data_dir", "", "TFDS data directory.")
 flags.DEFINE_string("train_split", "train", "Split the probes train on (and the kNN bank).")
 flags.DEFINE_string("eval_split", "test", "Split the probes are scored on.")
 flags.DEFINE_string("output_dir", "eval", "Where tables and plots are written.")
-flags.DEFINE_integer("epochs", 10, "Probe / fine-tuning epochs.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Cap on steps per epoch (0: full passes), for smoke runs.")
-flags.DEFINE_integer("batch_size", 256, "Global batch size.")
-flags.DEFINE_integer("seed", 0, "Seed of every random choice (augmentation, subsets).")
-flags.DEFINE_float("lr", None, "Learning rate; default 0.01 for linear heads (Goyal et al.; 0.1 overshoots "
-                   "on ~9k-dim inputs), 0.1 for semi (whole network).")
-flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay on kernels.")
+define_number("epochs", 10, "Probe / fine-tuning epochs.", positive_int())
+define_number("steps_per_epoch", 0, "Cap on steps per epoch (0: full passes), for smoke runs.", non_negative_int())
+define_number("batch_size", 256, "Global batch size.", positive_int())
+define_number("seed", 0, "Seed of every random choice (augmentation, subsets).", Range(0, 2**31 - 1, integer=True))
+define_number("lr", None, "Learning rate; default 0.01 for linear heads (Goyal et al.; 0.1 overshoots "
+              "on ~9k-dim inputs), 0.1 for semi (whole network).", positive())
+define_number("weight_decay", 5e-4, "L2 weight decay on kernels.", non_negative())
 flags.DEFINE_enum("schedule", "step", list(SCHEDULES), "Learning-rate schedule.")
 flags.DEFINE_string("schedule_pattern", "2,1,1", "Step schedule segments (x0.1 at each boundary).")
 flags.DEFINE_string("blocks", ",".join(BLOCK_NAMES), "Blocks to probe.")
-flags.DEFINE_list("k", ["200"], "kNN: neighbours; several values (e.g. 20,200) share one feature extraction.")
-flags.DEFINE_float("temperature", 0.07, "kNN: temperature of the vote weights exp(sim / T).")
-flags.DEFINE_integer("knn_train_examples", 0, "kNN: size of the bank from --train_split (0: all of it).")
-flags.DEFINE_string("label_fraction", "0.01,0.1", "semi: labelled fractions, comma-separated.")
+define_number_list("k", [200], "kNN: neighbours; several values (e.g. 20,200) share one feature extraction.",
+                   positive_int())
+define_number("temperature", 0.07, "kNN: temperature of the vote weights exp(sim / T).", positive())
+define_number("knn_train_examples", 0, "kNN: size of the bank from --train_split (0: all of it).", non_negative_int())
+define_number_list("label_fraction", [0.01, 0.1], "semi: labelled fractions, comma-separated.",
+                   Range(0, 1, low_open=True))
 flags.DEFINE_string("label_ids_file", "", "semi: file of example ids (one per line) instead of a fraction.")
 flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
-flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices.")
+define_number("cpu_replicas", 0, "Split the CPU into this many logical devices.", Range(0, 256, integer=True))
 
 
 def _neighbours():
-    """The --k values as positive integers, in the order given, without repeats."""
-    from psl_keras.errors import PSLError
-
-    try:
-        values = list(dict.fromkeys(int(k) for k in FLAGS.k))
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise PSLError(f"--k={','.join(FLAGS.k)}: expected positive integers like 200 or 20,200.")
-    return values
+    """The --k values (positive integers, checked when parsed) in the order given, without repeats."""
+    return list(dict.fromkeys(FLAGS.k))
 
 
 def _learning_rate():
     """--lr, or None for the protocol's default (protocols.LINEAR_LR = 0.01 for linear heads on ~9k-dim pooled
     features: on CIFAR-10 rotation runs 0.1 left the probe loss at ~13 after 2 epochs and cost 2-4 points per
     block; protocols.SEMI_LR = 0.1 for semi)."""
-    if FLAGS.lr is not None and FLAGS.lr <= 0:
-        from psl_keras.errors import PSLError
-
-        raise PSLError(f"--lr={FLAGS.lr}: the learning rate must be positive.")
     return FLAGS.lr
 
 
@@ -79,8 +71,6 @@ def _config():
     unknown = [b for b in blocks if b not in BLOCK_NAMES]
     if unknown or not blocks:
         raise PSLError(f"--blocks: {', '.join(unknown) or 'none given'}; choose from {', '.join(BLOCK_NAMES)}.")
-    if FLAGS.epochs < 1 or FLAGS.batch_size < 1:
-        raise PSLError("--epochs and --batch_size must be positive.")
     neighbours = _neighbours()
     return EvalConfig(
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, train_split=FLAGS.train_split,
@@ -137,12 +127,7 @@ def run_evaluation():
                 table["rows"].append({"run": run.name, **result[k]})
             paths = report.write_report(FLAGS.output_dir, tables, settings)
     else:  # semi
-        try:
-            fractions = [float(f) for f in FLAGS.label_fraction.split(",") if f.strip()]
-        except ValueError:
-            raise PSLError(f"--label_fraction={FLAGS.label_fraction!r}: expected numbers like 0.01,0.1.") from None
-        if not fractions or not all(0 < f <= 1 for f in fractions):
-            raise PSLError("--label_fraction values must be in (0, 1].")
+        fractions = list(FLAGS.label_fraction)  # each in (0, 1], checked when parsed
         if config.label_ids_file:
             fractions = fractions[:1]  # the ids file fixes the subset; one fine-tuning per run
         rows = []

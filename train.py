@@ -15,29 +15,42 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from psl_keras.backbones import BACKBONES  # noqa: E402
 from psl_keras.config import PRESETS, TrainConfig  # noqa: E402
-from psl_keras.tasks import TASKS  # noqa: E402
+from psl_keras.ranges import define_number  # noqa: E402
+from psl_keras.tasks import TASKS, option_spec  # noqa: E402
 
 FLAGS = flags.FLAGS
 _DEFAULTS = TrainConfig()
 
-flags.DEFINE_string("config", "none", f"Preset: none, {', '.join(PRESETS)}. Explicit flags override it.")
+flags.DEFINE_enum("config", "none", ["none", *PRESETS], "Preset; explicit flags override it.")
 flags.DEFINE_bool("resume", False, "Continue the run in --output_dir from its last finished epoch.")
-# One flag per TrainConfig field, from its default, help and choices: the config is the only list of settings.
+# One flag per TrainConfig field, from its default, help, choices and allowed range: the config is the only list
+# of settings, and every value is checked when the flags are parsed, before anything runs.
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+_CHOICES = {"task": sorted(TASKS), "backbone": sorted(BACKBONES)}  # registries the config module cannot import
+
+
+def _define(name, default, help, allowed=None):
+    if isinstance(allowed, (tuple, list)):
+        flags.DEFINE_enum(name, default, list(allowed), help)
+    elif allowed is not None:
+        define_number(name, default, help, allowed)
+    else:
+        _DEFINE[type(default)](name, default, help)
+
+
 for _field in dataclasses.fields(TrainConfig):
     if _field.name == "task_options":
         continue
-    _default = getattr(_DEFAULTS, _field.name)
-    if _field.metadata.get("choices"):
-        flags.DEFINE_enum(_field.name, _default, list(_field.metadata["choices"]), _field.metadata["help"])
-    else:
-        _DEFINE[type(_default)](_field.name, _default, _field.metadata["help"])
+    _define(_field.name, getattr(_DEFAULTS, _field.name), _field.metadata["help"],
+            _CHOICES.get(_field.name) or _field.metadata.get("choices") or _field.metadata.get("allowed"))
 
 # Each task's own settings become --{task}_{option} flags, so a new task needs no edit here.
 for _task_name, _task in TASKS.items():
-    for _option, (_default, _help) in _task.OPTIONS.items():
-        _DEFINE[type(_default)](f"{_task_name}_{_option}", _default, f"[{_task_name}] {_help}")
+    for _option in _task.OPTIONS:
+        _default, _help, _allowed = option_spec(_task, _option)
+        _define(f"{_task_name}_{_option}", _default, f"[{_task_name}] {_help}", _allowed)
 
 
 def explicit_settings():

@@ -16,27 +16,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app as absl_app, flags, logging as absl_logging  # noqa: E402
 
+from psl_keras.ranges import Range, define_number  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("runs_dir", "runs", "Directory searched (recursively) for run directories written by train.py.")
 flags.DEFINE_string("data_dir", "", "TFDS data directory of the gallery dataset.")
 flags.DEFINE_string("gallery", "cifar10:test", "Retrieval gallery and example images: DATASET:SPLIT or folder:PATH.")
-flags.DEFINE_integer("gallery_size", 5000, "Images of the gallery split used (the first N).")
+define_number("gallery_size", 5000, "Images of the gallery split used (the first N).", Range(1, 10_000_000, integer=True))
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 serves other machines too.")
-flags.DEFINE_integer("port", 7860, "Port.")
+define_number("port", 7860, "Port.", Range(1, 65535, integer=True))
 flags.DEFINE_bool("share", False, "Also make a public gradio.live link.")
-flags.DEFINE_integer("max_loaded_runs", 4, "Runs kept loaded in memory at once (least recently used dropped).")
-flags.DEFINE_integer("max_upload_mb", 20, "Largest accepted upload, in megabytes.")
+define_number("max_loaded_runs", 4, "Runs kept loaded in memory at once (least recently used dropped).",
+              Range(1, 1000, integer=True))
+define_number("max_upload_mb", 20, "Largest accepted upload, in megabytes.", Range(1, 2048, integer=True))
 flags.DEFINE_string("cache_dir", "", "Where gallery embeddings are cached (default ~/.cache/psl_keras/demo).")
 
-RANGES = {  # flag: (lowest, highest) allowed
-    "gallery_size": (1, 10_000_000), "port": (1, 65535), "max_loaded_runs": (1, 1000), "max_upload_mb": (1, 2048),
-}
 
 
 def check_flags():
-    """One message per bad flag, before anything loads."""
-    problems = [f"--{name}={FLAGS[name].value} is outside [{low}, {high}]"
-                for name, (low, high) in RANGES.items() if not low <= FLAGS[name].value <= high]
+    """Problems the flag parser cannot see (numeric ranges are checked when the flags are parsed)."""
+    problems = []
     if not FLAGS.gallery.strip():
         problems.append("--gallery is empty; give DATASET:SPLIT (e.g. cifar10:test) or folder:PATH")
     return problems

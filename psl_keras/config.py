@@ -3,11 +3,12 @@
 import dataclasses
 
 from psl_keras.errors import PSLError
+from psl_keras.ranges import Range, fraction, non_negative, non_negative_int, positive, positive_int
 
 
-def setting(default, help, choices=None):
-    """A TrainConfig field with the help text (and choices) its train.py flag is generated from."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def setting(default, help, choices=None, allowed=None):
+    """A TrainConfig field with the help text, choices or allowed Range its train.py flag is generated from."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "allowed": allowed})
 
 
 # Choices of the enumerated settings (tests check they equal the registries: stages.MODES, ...).
@@ -27,45 +28,62 @@ class TrainConfig:
     task_options: dict = dataclasses.field(default_factory=dict)
     mode: str = setting("psl", "Training mode.", MODES)
     backbone: str = setting("resnet18", "Backbone (psl_keras.backbones.BACKBONES).")
-    width: float = setting(1.0, "Backbone width multiplier.")
+    width: float = setting(1.0, "Backbone width multiplier.", allowed=positive())
     stem: str = setting("auto", "Backbone stem; auto: CIFAR stem for inputs of 64 px or less, else ImageNet.", STEMS)
-    image_size: int = setting(32, "Side of the square training input.")
+    image_size: int = setting(32, "Side of the square training input.", allowed=Range(8, 4096, integer=True))
     sync_bn: bool = setting(False, "Synchronise BatchNorm statistics across replicas.")
-    head_hidden: int = setting(256, "Hidden units of the stage heads.")
+    head_hidden: int = setting(256, "Hidden units of the stage heads.", allowed=positive_int())
     stage_windows: str = setting("1-3,2-4,3-5", "Stage windows over blocks B1..B5.")
     dataset: str = setting("cifar10", "TFDS dataset name, or folder:PATH.")
     data_dir: str = setting("", "TFDS data directory (default: TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     split: str = setting("train", "Split to train on.")
-    epochs_per_stage: int = setting(10, "Epochs of each stage.")
+    epochs_per_stage: int = setting(10, "Epochs of each stage.", allowed=positive_int())
     stage_epochs: str = setting("", "Epochs of each stage, e.g. 60,70,70 (empty: --epochs_per_stage each).")
-    e2e_epochs: int = setting(0, "E2E epochs; 0: the stages' epochs summed (the same budget).")
-    steps_per_epoch: int = setting(0, "Cap on steps per epoch (0: one pass over the split), for smoke runs.")
-    batch_size: int = setting(512, "Global batch size over all replicas.")
+    e2e_epochs: int = setting(0, "E2E epochs; 0: the stages' epochs summed (the same budget).",
+                              allowed=non_negative_int())
+    steps_per_epoch: int = setting(0, "Cap on steps per epoch (0: one pass over the split), for smoke runs.",
+                                   allowed=non_negative_int())
+    batch_size: int = setting(512, "Global batch size over all replicas.", allowed=positive_int())
     optimizer: str = setting("sgd", "Optimizer (lars: SimCLR's layer-wise adaptive SGD).", OPTIMIZERS)
-    lr: float = setting(0.2, "Base learning rate of each stage.")
-    momentum: float = setting(0.9, "SGD momentum.")
+    lr: float = setting(0.2, "Base learning rate of each stage.", allowed=positive())
+    momentum: float = setting(0.9, "SGD momentum.", allowed=fraction(closed=False))
     nesterov: bool = setting(True, "Nesterov momentum.")
-    weight_decay: float = setting(5e-4, "L2 weight decay on kernels (not biases/BN).")
+    weight_decay: float = setting(5e-4, "L2 weight decay on kernels (not biases/BN).", allowed=non_negative())
     schedule: str = setting("cosine", "LR schedule per stage.", SCHEDULES)
     schedule_pattern: str = setting("20,20,10,10", "Step schedule segments (x0.1 each).")
-    warmup_epochs: float = setting(0.0, "Linear warm-up epochs (cosine schedule).")
-    shuffle_buffer: int = setting(10_000, "Shuffle buffer of streaming sources (in-memory ones are fully shuffled).")
-    seed: int = setting(0, "Seed of every random choice.")
+    warmup_epochs: float = setting(0.0, "Linear warm-up epochs (cosine schedule).", allowed=non_negative())
+    shuffle_buffer: int = setting(10_000, "Shuffle buffer of streaming sources (in-memory ones are fully shuffled).",
+                                  allowed=positive_int())
+    seed: int = setting(0, "Seed of every random choice.", allowed=Range(0, 2**31 - 1, integer=True))
     jit_compile: bool = setting(False, "Compile the train step with XLA.")
     mixed_precision: bool = setting(False, "Mixed precision (float16 GPU, bfloat16 CPU).")
     strategy: str = setting("default", "tf.distribute strategy.", STRATEGIES)
-    cpu_replicas: int = setting(0, "Split the CPU into this many logical devices (multi-replica runs without GPUs).")
+    cpu_replicas: int = setting(0, "Split the CPU into this many logical devices (multi-replica runs without GPUs).",
+                                allowed=Range(0, 256, integer=True))
     output_dir: str = setting("runs/psl", "Run directory.")
-    checkpoint_every_steps: int = setting(0, "Also checkpoint every N steps inside an epoch (0: at epoch ends only).")
+    checkpoint_every_steps: int = setting(0, "Also checkpoint every N steps inside an epoch (0: at epoch ends only).",
+                                          allowed=non_negative_int())
     knn_monitor: bool = setting(False, "Report kNN accuracy of the stage's last block on --knn_split after every "
                                        "epoch (chief only).")
     knn_split: str = setting("test", "Held-out split of the kNN monitor.")
-    knn_k: int = setting(200, "kNN monitor: neighbours.")
-    knn_temperature: float = setting(0.07, "kNN monitor: vote temperature.")
-    knn_bank_size: int = setting(10_000, "kNN monitor: training examples in the bank (0: all).")
+    knn_k: int = setting(200, "kNN monitor: neighbours.", allowed=positive_int())
+    knn_temperature: float = setting(0.07, "kNN monitor: vote temperature.", allowed=positive())
+    knn_bank_size: int = setting(10_000, "kNN monitor: training examples in the bank (0: all).",
+                                 allowed=non_negative_int())
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def check(self):
+        """Raises a PSLError naming the first setting outside its allowed range or choices."""
+        for field in dataclasses.fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            if meta.get("choices") and value not in meta["choices"]:
+                raise PSLError(f"--{field.name}={value!r}: must be one of {', '.join(meta['choices'])}.")
+            if meta.get("allowed") is not None:
+                message = meta["allowed"].error(field.name, value)
+                if message:
+                    raise PSLError(message)
 
     @classmethod
     def from_dict(cls, values):

@@ -61,6 +61,7 @@ class RunState:
     totals: dict = None  # the running loss/accuracy sums of that partial epoch
     checkpoint: str = None  # the checkpoint holding the weights and optimizer state of this point
     stages: list = dataclasses.field(default_factory=list)  # the result of every finished stage
+    previous: dict = None  # the point recorded before this one (its checkpoint is kept too), for rollback
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -75,9 +76,21 @@ class RunState:
 
     def record(self, stage, epoch, step, totals, checkpoint):
         """`epoch` epochs and `step` more steps of `stage` are done and saved in `checkpoint`."""
+        if self.checkpoint:
+            self.previous = {"stage": self.stage, "epoch": self.epoch, "step": self.step, "totals": self.totals,
+                             "checkpoint": self.checkpoint}
         self.stage, self.epoch, self.step = stage, epoch, step
         self.totals = dict(totals) if totals else None
         self.checkpoint = checkpoint
+
+    def roll_back(self):
+        """Go back to the previous point of the same stage (the last one is bad); False when there is none."""
+        if not self.previous or self.previous["stage"] != self.stage:
+            return False
+        point, self.previous = self.previous, None
+        self.stage, self.epoch, self.step = point["stage"], point["epoch"], point["step"]
+        self.totals, self.checkpoint = point["totals"], point["checkpoint"]
+        return True
 
     def finish_stage(self, result):
         self.stages = [s for s in self.stages if s["stage"] != result["stage"]] + [result]
@@ -101,11 +114,12 @@ class RunDirectory:
             return self.file("checkpoints")
         return self.file(os.path.join(".workers", f"worker_{self.worker}"))
 
-    def open(self, config, resume, resumable_fields):
+    def open(self, config, resume, resumable_fields, upgrade=None):
         """The saved RunState to continue (None: start fresh), after the checks that protect a run.
 
         Without `resume` an existing run is never overwritten; with it, every setting outside
         `resumable_fields` must equal the saved run's (`config` is the new run's TrainConfig as a dict).
+        `upgrade` maps a saved config to today's form first (e.g. filling in settings added since).
         """
         state_path = self.file(STATE_FILE)
         exists = os.path.exists(state_path)
@@ -125,6 +139,8 @@ class RunDirectory:
         except (OSError, ValueError, TypeError) as err:
             raise PSLError(f"--resume: cannot read {state_path} ({err}).") from None
         saved = state.config or {}
+        if upgrade and saved:
+            saved = upgrade(saved)
         mismatched = {k: (saved.get(k), v) for k, v in config.items()
                       if k not in resumable_fields and k in saved and saved[k] != v}
         if mismatched:
@@ -132,6 +148,15 @@ class RunDirectory:
             raise PSLError(f"--resume: the run in {self.path} was started with other settings ({details}). Resume "
                            f"with the same flags (the run's config is in {state_path}) or use a new --output_dir.")
         return state
+
+    def saved_config(self):
+        """The config of the run saved here (a dict), or None when there is none or it cannot be read
+        (`open` reports that)."""
+        try:
+            with open(self.file(STATE_FILE)) as f:
+                return RunState.from_dict(json.load(f)).config or None
+        except (OSError, ValueError, TypeError):
+            return None
 
     def prepare(self):
         if self.chief:

@@ -7,6 +7,7 @@ logging, `keras.utils.Progbar` and a `keras.callbacks.CallbackList` (CSV, Tensor
 The run directory and its progress state are `psl_keras.rundir.RunDirectory` and `RunState`.
 """
 
+import dataclasses
 import os
 import time
 
@@ -23,11 +24,12 @@ from psl_keras.errors import PSLError
 from psl_keras.rundir import (BACKBONE_FILE, LOG_FILE, TENSORBOARD_DIR, RunDirectory, RunState, stage_backbone_file,
                               stage_head_file)
 from psl_keras.seeds import DATA_SEED, HEAD_SEED, derived_seed
-from psl_keras.tasks import build_task
+from psl_keras.tasks import TASKS, build_task, complete_options
 
-# Settings that may change when a run is resumed; anything else must match the saved run.
+# Settings that may change when a run is resumed; anything else must match the saved run. lr among them: the
+# way on after a NaN stop is a lower --lr from the last good checkpoint.
 RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "checkpoint_every_steps",
-                    "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size"}
+                    "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size", "lr"}
 
 
 def stage_epochs(config):
@@ -49,6 +51,13 @@ def stage_epochs(config):
     return epochs
 
 
+def _upgrade_saved_config(saved):
+    """A saved run's config with every task option filled in (legacy values for options it predates)."""
+    if saved.get("task") not in TASKS:
+        return saved
+    return {**saved, "task_options": complete_options(saved["task"], saved.get("task_options", {}), saved=True)}
+
+
 class Trainer:
     """Trains a backbone with PSL (or an ablation mode) and writes a run directory.
 
@@ -68,11 +77,24 @@ class Trainer:
         self.chief = distribute.is_chief(self.strategy)
         self.verbose = verbose if self.chief else 0
         self.run_dir = RunDirectory(config.output_dir, self.chief, distribute.worker_id(self.strategy))
+        self.config = config = dataclasses.replace(config, task_options=self._task_options(config))
         self._validate()
 
     # --- set-up ---------------------------------------------------------------------------------------
+    def _task_options(self, c):
+        """Every task option, recorded in the run's config so a later change of a default never changes
+        the run. Resuming, the saved run's values fill in the options not given again (a run saved before
+        an option existed keeps the value it trained with); a value given again must match, as any setting."""
+        saved = self.run_dir.saved_config() if self.resume else None
+        if saved and saved.get("task") == c.task:
+            base = _upgrade_saved_config(saved)["task_options"]
+        else:
+            base = complete_options(c.task)
+        return {**base, **c.task_options}
+
     def _validate(self):
         c = self.config
+        c.check()  # ranges and choices, for library users (train.py checks its flags when parsing them)
         if c.batch_size % self.strategy.num_replicas_in_sync:
             raise PSLError(
                 f"--batch_size={c.batch_size} is the global batch and must divide evenly over "
@@ -171,7 +193,7 @@ class Trainer:
 
     def train(self):
         c = self.config
-        state = self.run_dir.open(c.to_dict(), self.resume, RESUMABLE_FIELDS)
+        state = self.run_dir.open(c.to_dict(), self.resume, RESUMABLE_FIELDS, upgrade=_upgrade_saved_config)
         self.run_dir.prepare()
         self._build()
         state = state or RunState(c.to_dict())
@@ -239,9 +261,33 @@ class Trainer:
         path = manager.save()
         state.record(stage.index, epoch, step, totals, os.path.abspath(path))
         self.run_dir.write_state(state)
+        self._steps_since_save = 0
+
+    def _non_finite_stop(self, stage, epoch, step, loss, state):
+        """The message for a non-finite loss, after pointing state.json at the last good checkpoint.
+
+        Nothing is saved after the bad step. A checkpoint holds the weights after its last update, so when the
+        very first step run from it is the bad one, its weights made the NaN: state.json goes back to the
+        point before it (CheckpointManager keeps two), where one exists in the same stage.
+        """
+        where = f"{stage.name} (stage {stage.index}) epoch {epoch + 1} step {step + 1}: the loss is {loss}"
+        bad = state.checkpoint if self._steps_since_save == 0 else None
+        if bad and state.roll_back():
+            self.run_dir.write_state(state)
+            where += f" (the first step from {bad}, whose weights made it)"
+        elif bad:
+            where += f" (the first step from {bad}: its weights may be the cause)"
+        if state.checkpoint:
+            point = f"stage {state.stage}, {state.epoch} epoch(s)" + (f" and {state.step} step(s)" if state.step
+                                                                        else "")
+            return (f"{where}. The run stopped; the last good checkpoint, {state.checkpoint} ({point} done), is "
+                    f"untouched. Lower --lr (or check the data) and continue with --resume.")
+        return (f"{where}. The run stopped before its first checkpoint. Lower --lr (or check the data) and start "
+                f"again; --checkpoint_every_steps saves points inside an epoch.")
 
     def _train_stage(self, stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch):
         step = loop.distributed_step(self.strategy, model.train_step, self.config.jit_compile)
+        self._steps_since_save = 0  # finite steps run from the weights of the last checkpoint (or the start)
         callbacks = self._callbacks(model)
         callbacks.on_train_begin()
         stage_start = time.time()
@@ -263,10 +309,8 @@ class Trainer:
                     busy_time += seconds
                     images += sums["count"]
                 if not np.isfinite(sums["loss"]):
-                    raise PSLError(
-                        f"{stage.name} epoch {epoch + 1} step {i + 1}: the loss is {sums['loss']}. Lower --lr "
-                        f"or check the data; the last good checkpoint is in {self.run_dir.checkpoint_dir}."
-                    )
+                    raise PSLError(self._non_finite_stop(stage, epoch, i, sums["loss"], state))
+                self._steps_since_save += 1
                 progbar.update(
                     i + 1,
                     [

@@ -27,29 +27,32 @@ def test_the_energy_ratio_sees_orientation():
 def test_rotation_probe_finds_the_resampling_fingerprint_on_isotropic_noise():
     # Today's bilinear resampling (issue 11): multiples of 90 and odd multiples of 45 degrees are told apart
     # on noise that has no orientation at all.
-    task = build_task("rotation", 32)
+    task = build_task("rotation", 32, options={"resample": "bilinear"})
     result = shortcuts.rotation_probe(task, shortcuts.noise_images(60, 32, smooth=1.0))
     assert result["family"] > 0.9 and result["worst_pair"] >= result["family"] and result["chance"] == 0.5
     assert len(result["pairs"]) == 28
 
 
 def test_jigsaw_edge_solver_solves_touching_tiles_and_is_at_chance_on_noise():
-    touching = build_task("jigsaw", 32, options={"tile_size": 32, "set_sizes": "16,32,64"})  # tiles fill cells
+    touching = build_task("jigsaw", 32, options={"tile_size": 32, "set_sizes": "16,32,64",
+                                                  "geometry": "standard"})  # tiles fill cells
     smooth = shortcuts.noise_images(24, 32, smooth=2.0)
     solved = shortcuts.jigsaw_edge_probe(touching, smooth, level=1, candidates=16)
     assert solved["chance"] == 1 / 16 and solved["accuracy"] > 0.9
     # Tiles far apart (13 px in 32-px cells, about 5 source pixels between neighbours) of i.i.d. noise: nothing
     # carries across the gap, so the solver is at chance (6.25%).
-    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "tile_size": 13})
+    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "tile_size": 13, "geometry": "standard"})
     white = shortcuts.jigsaw_edge_probe(gapped, shortcuts.noise_images(48, 32), level=1, candidates=16)
     assert white["accuracy"] < 0.2
 
 
 def test_smooth_resampling_removes_the_rotation_fingerprint():
-    # Issue 11's target: every pair of angles at AUC <= 0.6 on content-free noise; today's bilinear fails it.
+    # Issue 11's target: every pair of angles at AUC <= 0.6 on content-free noise; the old bilinear fails it.
     noise = shortcuts.noise_images(60, 32, smooth=1.0)
-    before = shortcuts.rotation_probe(build_task("rotation", 32), noise)
-    after = shortcuts.rotation_probe(build_task("rotation", 32, options={"resample": "smooth"}), noise)
+    before = shortcuts.rotation_probe(build_task("rotation", 32, options={"resample": "bilinear"}), noise)
+    fixed = build_task("rotation", 32)  # the default since issue 11
+    assert fixed.resample == "smooth"
+    after = shortcuts.rotation_probe(fixed, noise)
     assert before["worst_pair"] > 0.9
     assert after["worst_pair"] <= 0.6
 
@@ -58,10 +61,40 @@ def test_gapped_jigsaw_tiles_defeat_the_edge_solver():
     # Smooth content (isotropic noise, like the low frequencies of photos): facing edges of the standard small
     # geometry match, those of the gapped one do not. Issue 11's target: within 2x chance (12.5% of 16-way).
     images = shortcuts.noise_images(48, 32, smooth=1.0)
-    standard = build_task("jigsaw", 32, options={"set_sizes": "16,32,64"})
-    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "geometry": "gapped"})
+    standard = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "geometry": "standard"})
+    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64"})  # the default since issue 11
+    assert gapped.geometry == "gapped"
     assert (gapped.tile_size, gapped.cell_size) == (standard.tile_size, 2 * standard.tile_size)
     before = shortcuts.jigsaw_edge_probe(standard, images, level=1, candidates=16)
     after = shortcuts.jigsaw_edge_probe(gapped, images, level=1, candidates=16)
     assert before["accuracy"] > 0.5
     assert after["accuracy"] <= 2 * after["chance"]
+
+
+def test_runs_record_every_task_option_and_old_runs_keep_the_old_preprocessing(tmp_path):
+    # A run made before issue 11 recorded no resample option and trained with bilinear: resuming it (or
+    # reloading it in evaluate.py and the demo) must keep bilinear, not switch to the new default mid-run.
+    import pytest
+    from conftest import tiny_config
+    from psl_keras.errors import PSLError
+    from psl_keras.evaluation.runs import run_task
+    from psl_keras.rundir import RunDirectory, RunState
+    from psl_keras.training import Trainer
+
+    fresh = Trainer(tiny_config(tmp_path / "new"), verbose=0)
+    assert fresh.config.task_options["resample"] == "smooth"
+    assert set(fresh.config.task_options) == {"crop_fraction", "resize_shorter", "resample"}
+
+    old_config = tiny_config(tmp_path / "old").to_dict()
+    old_config["task_options"] = {}
+    old_dir = RunDirectory(old_config["output_dir"])
+    old_dir.prepare()
+    old_dir.write_state(RunState(old_config))
+    resumed = Trainer(tiny_config(tmp_path / "old"), resume=True, verbose=0)
+    assert resumed.config.task_options["resample"] == "bilinear" and resumed.task.resample == "bilinear"
+    with pytest.raises(PSLError, match="resample"):  # asking for the new behaviour on an old run is a mismatch
+        Trainer(tiny_config(tmp_path / "old", task_options={"resample": "smooth"}), resume=True, verbose=0).train()
+
+    class SavedRun:
+        name, summary = "old", {"config": old_config}
+    assert run_task(SavedRun()).resample == "bilinear"

@@ -272,3 +272,30 @@ def test_runs_keep_their_heads_and_backbone_plus_head_reproduce_the_stage_logits
     # A run from before heads were kept still loads; it simply has none.
     run.summary["stages"] = [{k: v for k, v in s.items() if k != "head_file"} for s in run.summary["stages"]]
     assert load_stage_heads(run) == []
+
+
+def test_a_non_finite_loss_stops_the_run_and_a_lower_lr_resumes_it(tmp_path, synthetic_source):
+    # lr 1e30 with a 2-step warm-up from 0: update 1 changes nothing (lr 0), update 2 blows the weights up, and
+    # the loss of step 3 is NaN. The checkpoint after step 2 holds those weights, so the run goes back to the one
+    # after step 1 and says so.
+    config = dict(lr=1e30, warmup_epochs=1, steps_per_epoch=3, checkpoint_every_steps=1)
+    blowing_up = tiny_config(tmp_path, **config)
+    with pytest.raises(PSLError) as stop:
+        Trainer(blowing_up, source=synthetic_source, verbose=0).train()
+    with open(os.path.join(blowing_up.output_dir, "state.json")) as f:
+        state = json.load(f)
+    message = str(stop.value)
+    assert "(stage 1) epoch 1 step 3: the loss is nan (the first step from" in message and "ckpt-2" in message
+    assert (state["stage"], state["epoch"], state["step"]) == (1, 0, 1) and state["checkpoint"].endswith("ckpt-1")
+    assert f"the last good checkpoint, {state['checkpoint']} (stage 1, 0 epoch(s) and 1 step(s) done)" in message
+    assert "--resume" in message
+
+    trainer = Trainer(tiny_config(tmp_path, **{**config, "lr": 0.05}), resume=True, source=synthetic_source,
+                      verbose=0)
+    restored = []
+    original = trainer._restore_backbone
+    trainer._restore_backbone = lambda s: (restored.append(s.checkpoint), original(s))
+    summary = trainer.train()
+    assert restored == [state["checkpoint"]]  # it continued from the last good checkpoint
+    assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
+    assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])

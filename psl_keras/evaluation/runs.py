@@ -122,13 +122,14 @@ def load_stage_heads(run):
 
 def run_task(run):
     """The run's pretext task, rebuilt from its summary (the same levels, pipeline and head layout)."""
-    from psl_keras.tasks import build_task
+    from psl_keras.tasks import build_task, complete_options
 
     config = run.summary.get("config")
     if not config:
         raise PSLError(f"Run {run.name} has no summary.json with its configuration.")
-    return build_task(config["task"], config["image_size"], config.get("head_hidden", 256),
-                      options=config.get("task_options", {}))
+    # A run saved before an option existed trained with that option's legacy value.
+    options = complete_options(config["task"], config.get("task_options", {}), saved=True)
+    return build_task(config["task"], config["image_size"], config.get("head_hidden", 256), options=options)
 
 
 def stage_logits(backbone, stage_head, task, inputs):

@@ -15,9 +15,13 @@ class Task:
     name = None
     num_levels = 3
     has_labels = True  # a classification task (a label per example); contrastive tasks compare views instead
-    # Task-specific settings: name -> (default, help). train.py exposes each as --{task}_{name}; the
-    # constructor receives them as keyword arguments (0 / "" meaning "derive from the image size").
+    # Task-specific settings: name -> (default, help) or (default, help, allowed), allowed a
+    # psl_keras.ranges.Range or a tuple of choices. train.py exposes each as --{task}_{name}, checked against
+    # `allowed`; the constructor receives them as keyword arguments (0 / "" meaning "derive from the image size").
     OPTIONS = {}
+    # Options whose default changed: name -> the value runs made before the option existed used. A saved run
+    # that does not record such an option (resumed, reloaded by evaluate.py or the demo) keeps that value.
+    LEGACY_OPTIONS = {}
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False):
         self.image_size = int(image_size)

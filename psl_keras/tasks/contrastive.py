@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras import layers
 
 from psl_keras.augment import simclr_ladder
+from psl_keras.ranges import fraction, non_negative, positive_int
 from psl_keras.tasks.base import Task
 
 
@@ -24,11 +25,11 @@ class ContrastiveTask(Task):
     has_labels = False
     crop_area = (0.08, 1.0)
     OPTIONS = {
-        "temperature": (0.0, "Softmax temperature of the contrastive loss (0: the task's default)."),
-        "projection_dim": (128, "Output size of the projection head."),
-        "strength": (0.0, "Colour-jitter strength s (0: the task's default for the image size)."),
-        "blur_rate": (0.5, "Probability of the Gaussian blur in T3."),
-        "sobel_rate": (0.2, "Probability of Sobel filtering in T3."),
+        "temperature": (0.0, "Softmax temperature of the contrastive loss (0: the task's default).", non_negative()),
+        "projection_dim": (128, "Output size of the projection head.", positive_int()),
+        "strength": (0.0, "Colour-jitter strength s (0: the task's default for the image size).", non_negative()),
+        "blur_rate": (0.5, "Probability of the Gaussian blur in T3.", fraction()),
+        "sobel_rate": (0.2, "Probability of Sobel filtering in T3.", fraction()),
     }
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False, temperature=None, projection_dim=128,

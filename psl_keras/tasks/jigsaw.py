@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from psl_keras.ranges import fraction, non_negative_int
 from psl_keras.tasks.base import Task
 from psl_keras.tasks.rotation import resize_shorter_side
 
@@ -135,22 +136,25 @@ class JigsawTask(Task):
     """Predict which permutation of the level's set reordered the nine tiles."""
 
     name = "jigsaw"
+    GEOMETRIES = ("standard", "gapped")
     OPTIONS = {
         "set_sizes": ("500,1000,2000", "Sizes of the nested permutation sets C1,C2,C3."),
-        "permutation_seed": (0, "Seed of the permutation-set generation."),
-        "crop_size": (0, "Side of the 3x3 puzzle crop (0: 225 at 224 px; 3*image_size at <=64 px)."),
-        "tile_size": (0, "Side of each tile (0: cell*64/75)."),
-        "tile_color_jitter": (0.0, "Per-tile random colour shift, +- this much per channel."),
-        "tile_grayscale": (0.0, "Probability of turning a tile grey."),
-        "tile_embedding": (0, "Per-tile embedding width in the head (0: head_hidden)."),
-        "geometry": ("standard", "standard (the published runs), or gapped: at <=64 px tiles of the same size in "
-                                 "cells twice as large, so neighbours are ~5 source pixels apart (issue 11)."),
+        "permutation_seed": (0, "Seed of the permutation-set generation.", non_negative_int()),
+        "crop_size": (0, "Side of the 3x3 puzzle crop (0: 225 at 224 px; 3*image_size at <=64 px).",
+                      non_negative_int()),
+        "tile_size": (0, "Side of each tile (0: cell*64/75).", non_negative_int()),
+        "tile_color_jitter": (0.0, "Per-tile random colour shift, +- this much per channel.", fraction()),
+        "tile_grayscale": (0.0, "Probability of turning a tile grey.", fraction()),
+        "tile_embedding": (0, "Per-tile embedding width in the head (0: head_hidden).", non_negative_int()),
+        "geometry": ("gapped", "gapped: at <=64 px tiles of the same size in cells twice as large, so neighbours "
+                               "are ~5 source pixels apart (issue 11); standard: the runs published before it.",
+                     GEOMETRIES),
     }
-    GEOMETRIES = ("standard", "gapped")
+    LEGACY_OPTIONS = {"geometry": "standard"}
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False, set_sizes=DEFAULT_SET_SIZES,
                  permutation_seed=0, resize_shorter=None, crop_size=None, tile_size=None,
-                 tile_color_jitter=0.0, tile_grayscale=0.0, tile_embedding=None, geometry="standard"):
+                 tile_color_jitter=0.0, tile_grayscale=0.0, tile_embedding=None, geometry="gapped"):
         super().__init__(image_size, head_hidden, sync_bn)
         if geometry not in self.GEOMETRIES:
             raise ValueError(f"geometry must be one of {', '.join(self.GEOMETRIES)}, got {geometry!r}.")

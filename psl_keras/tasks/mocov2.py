@@ -26,6 +26,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from psl_keras.errors import PSLError
+from psl_keras.ranges import fraction, non_negative_int, positive_int
 from psl_keras.tasks.contrastive import ContrastiveTask
 
 
@@ -151,9 +152,11 @@ class MoCoV2Task(ContrastiveTask):
     crop_area = (0.2, 1.0)  # MoCo v2's RandomResizedCrop(scale=(0.2, 1))
     OPTIONS = {
         **ContrastiveTask.OPTIONS,
-        "queue_size": (0, "Negatives in the queue (0: 65536 as MoCo above 64 px, 4096 at <=64 px)."),
-        "momentum": (0.999, "Momentum of the key encoder's update."),
-        "shuffle_groups": (8, "Key BatchNorm groups per replica (shuffle BN; a divisor of the replica batch)."),
+        "queue_size": (0, "Negatives in the queue (0: 65536 as MoCo above 64 px, 4096 at <=64 px).",
+                       non_negative_int()),
+        "momentum": (0.999, "Momentum of the key encoder's update.", fraction(closed=False)),
+        "shuffle_groups": (8, "Key BatchNorm groups per replica (shuffle BN; a divisor of the replica batch).",
+                           positive_int()),
     }
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False, temperature=None, projection_dim=128,

@@ -14,6 +14,7 @@ import math
 
 import tensorflow as tf
 
+from psl_keras.ranges import fraction, non_negative_int
 from psl_keras.tasks.base import Task
 
 ROTATION_LEVELS = (2, 4, 8)
@@ -87,17 +88,21 @@ class RotationTask(Task):
     """Predict which of |R_level| rotations was applied; one random rotation per image."""
 
     name = "rotation"
-    OPTIONS = {
-        "crop_fraction": (0.0, "Share of the inscribed square the random crop covers (0: 224/256, 1 at <=64 px)."),
-        "resize_shorter": (0, "Shorter side before rotating (0: image_size*256/224; none at <=64 px)."),
-        "resample": ("bilinear", "bilinear (the published runs), or smooth: bilinear then an isotropic 0.6-px "
-                                 "Gaussian, which removes the angle's interpolation fingerprint (issue 11)."),
-    }
     RESAMPLING = ("bilinear", "smooth")
+    OPTIONS = {
+        "crop_fraction": (0.0, "Share of the inscribed square the random crop covers (0: 224/256, 1 at <=64 px).",
+                          fraction()),
+        "resize_shorter": (0, "Shorter side before rotating (0: image_size*256/224; none at <=64 px).",
+                           non_negative_int()),
+        "resample": ("smooth", "smooth: bilinear then an isotropic 0.6-px Gaussian, which removes the angle's "
+                               "interpolation fingerprint (issue 11); bilinear: the runs published before it.",
+                     RESAMPLING),
+    }
+    LEGACY_OPTIONS = {"resample": "bilinear"}
     SMOOTH_SIGMA = 0.6  # output pixels; measured by benchmarks/shortcuts.py
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False, resize_shorter=None, crop_fraction=None,
-                 resample="bilinear"):
+                 resample="smooth"):
         super().__init__(image_size, head_hidden, sync_bn)
         if resample not in self.RESAMPLING:
             raise ValueError(f"resample must be one of {', '.join(self.RESAMPLING)}, got {resample!r}.")
