@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = setting(0, "Seed of every random choice.", allowed=Range(0, 2**31 - 1, integer=True))
     jit_compile: bool = setting(False, "Compile the train step with XLA.")
     mixed_precision: bool = setting(False, "Mixed precision (float16 GPU, bfloat16 CPU).")
+    deterministic: bool = setting(False, "Bit-reproducible runs on one machine: TensorFlow's deterministic kernels "
+                                         "(slower; see benchmarks/determinism.py).")
     strategy: str = setting("default", "tf.distribute strategy.", STRATEGIES)
     cpu_replicas: int = setting(0, "Split the CPU into this many logical devices (multi-replica runs without GPUs).",
                                 allowed=Range(0, 256, integer=True))

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 
 from psl_keras.errors import PSLError
+from psl_keras.faults import kill_point
 
 BACKBONE_FILE = "backbone.keras"  # the trained backbone alone: images in [0, 1] -> {"B1": ..., "B5": ...}
 SUMMARY_FILE = "summary.json"  # config, task, per-stage results
@@ -40,14 +41,34 @@ def write_json_atomic(path, payload):
         json.dump(payload, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+    kill_point("json_write")
     os.replace(tmp, path)
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    """Makes a rename durable: after a power cut the directory holds the new name, not the old one."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not sync directories
+    finally:
+        os.close(fd)
 
 
 def save_keras_atomic(model, path):
     """Saves a `.keras` file through a temporary name, so an interrupted save never replaces a good file."""
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp_{os.path.basename(path)}")
     model.save(tmp)
+    with open(tmp, "rb") as f:  # on disk before the rename, so a power cut cannot leave an empty file
+        os.fsync(f.fileno())
+    kill_point("keras_write")
     os.replace(tmp, path)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
 @dataclasses.dataclass
@@ -62,6 +83,7 @@ class RunState:
     checkpoint: str = None  # the checkpoint holding the weights and optimizer state of this point
     stages: list = dataclasses.field(default_factory=list)  # the result of every finished stage
     previous: dict = None  # the point recorded before this one (its checkpoint is kept too), for rollback
+    epoch_logs: dict = None  # loss and accuracy of the last finished epoch of `stage`
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -74,11 +96,13 @@ class RunState:
     def start_stage(self, index):
         self.stage, self.epoch, self.step, self.totals = index, 0, 0, None
 
-    def record(self, stage, epoch, step, totals, checkpoint):
+    def record(self, stage, epoch, step, totals, checkpoint, epoch_logs=None):
         """`epoch` epochs and `step` more steps of `stage` are done and saved in `checkpoint`."""
         if self.checkpoint:
             self.previous = {"stage": self.stage, "epoch": self.epoch, "step": self.step, "totals": self.totals,
                              "checkpoint": self.checkpoint}
+        if epoch_logs is not None:
+            self.epoch_logs = dict(epoch_logs)
         self.stage, self.epoch, self.step = stage, epoch, step
         self.totals = dict(totals) if totals else None
         self.checkpoint = checkpoint
@@ -161,6 +185,12 @@ class RunDirectory:
     def prepare(self):
         if self.chief:
             os.makedirs(self.path, exist_ok=True)
+            for name in os.listdir(self.path):  # left by a process killed while writing (write_json_atomic, ...)
+                if name.startswith(".tmp_"):
+                    try:
+                        os.remove(self.file(name))
+                    except OSError:
+                        pass
 
     def write_state(self, state):
         if self.chief:

@@ -21,6 +21,7 @@ from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.callbacks import RunCSVLogger
 from psl_keras.config import TrainConfig
 from psl_keras.errors import PSLError
+from psl_keras.faults import kill_point
 from psl_keras.rundir import (BACKBONE_FILE, LOG_FILE, TENSORBOARD_DIR, RunDirectory, RunState, stage_backbone_file,
                               stage_head_file)
 from psl_keras.seeds import DATA_SEED, HEAD_SEED, derived_seed
@@ -114,6 +115,9 @@ class Trainer:
     def _build(self):
         c = self.config
         keras.utils.set_random_seed(c.seed)
+        if c.deterministic:
+            # Process-wide and one-way in TensorFlow: every later op in this process is deterministic too.
+            tf.config.experimental.enable_op_determinism()
         if c.mixed_precision:
             # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
             policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
@@ -208,12 +212,19 @@ class Trainer:
 
         for stage in self.plan:
             epochs = self.epochs[stage.index]
-            if stage.index < state.stage or (stage.index == state.stage and state.epoch >= epochs):
+            if stage.index < state.stage:
                 continue
             model = self._stage_model(stage, steps_per_epoch, epochs)
             extra = {"task_state": model.task_state} if model.task_state is not None else {}
             checkpoint = tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer,
                                              **extra)
+            if stage.index == state.stage and state.epoch >= epochs:
+                # Trained, but the process may have died before the stage's result or files were written.
+                checkpoint.restore(state.checkpoint).expect_partial()
+                result = next((s for s in state.stages if s["stage"] == stage.index), None)
+                self._finish_stage(stage, model, state, result or self._recovered_result(stage, state,
+                                                                                         steps_per_epoch))
+                continue
             manager = tf.train.CheckpointManager(checkpoint, self.run_dir.checkpoint_dir, max_to_keep=2)
             resuming = stage.index == state.stage and (state.epoch or state.step)
             first_epoch = state.epoch if resuming else 0
@@ -229,16 +240,33 @@ class Trainer:
                 stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch
             )
             global_epoch += epochs - first_epoch
-            state.finish_stage(stage_result)
-            self.run_dir.save_model(self.backbone, stage_backbone_file(stage.index))
-            self.run_dir.save_model(model.head, stage_head_file(stage.index))
-            self.run_dir.write_state(state)
+            self._finish_stage(stage, model, state, stage_result)
+            kill_point("between_stages")
 
         summary = self._summary(state, time.time() - run_start)
         self.run_dir.save_model(self.backbone, BACKBONE_FILE)
         self.run_dir.write_summary(summary)
         self.run_dir.finish()
         return summary
+
+    def _finish_stage(self, stage, model, state, result):
+        """Records the stage as done, then writes its backbone and head: a kill between the two is repaired
+        on --resume by writing the files again from the stage's last checkpoint."""
+        state.finish_stage(result)
+        self.run_dir.write_state(state)
+        self.run_dir.save_model(self.backbone, stage_backbone_file(stage.index))
+        self.run_dir.save_model(model.head, stage_head_file(stage.index))
+
+    def _recovered_result(self, stage, state, steps_per_epoch):
+        """The result of a stage whose process died after its last epoch was saved (timings and the kNN
+        monitor of that process are lost; loss and accuracy were saved with the epoch)."""
+        logs = state.epoch_logs or {}
+        return {"stage": stage.index, "blocks": list(stage.trained_blocks), "last_block": f"B{stage.last_block}",
+                "level": stage.level, "task_level": self.task.describe_level(stage.level),
+                "epochs": self.epochs[stage.index], "steps_per_epoch": steps_per_epoch,
+                "final_loss": logs.get("loss"), "final_accuracy": logs.get("accuracy"), "wall_time_s": None,
+                "images_per_sec": None, "knn_accuracy": None, "backbone_file": stage_backbone_file(stage.index),
+                "head_file": stage_head_file(stage.index), "recovered": True}
 
     def _restore_backbone(self, state):
         checkpoint = tf.train.Checkpoint(backbone=self.backbone)
@@ -250,7 +278,7 @@ class Trainer:
                 f"written by another configuration; start a new --output_dir."
             ) from None
 
-    def _save_progress(self, manager, state, stage, epoch, step, totals):
+    def _save_progress(self, manager, state, stage, epoch, step, totals, epoch_logs=None):
         """Checkpoint, then record in state.json that `epoch` epochs and `step` more steps of `stage` are done.
 
         Interrupted in multi-worker training, workers cannot agree on a save, so there only the regular
@@ -259,9 +287,11 @@ class Trainer:
         if step and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return
         path = manager.save()
-        state.record(stage.index, epoch, step, totals, os.path.abspath(path))
+        kill_point("checkpoint_written")
+        state.record(stage.index, epoch, step, totals, os.path.abspath(path), epoch_logs)
         self.run_dir.write_state(state)
         self._steps_since_save = 0
+        kill_point("after_checkpoint")
 
     def _non_finite_stop(self, stage, epoch, step, loss, state):
         """The message for a non-finite loss, after pointing state.json at the last good checkpoint.
@@ -311,6 +341,7 @@ class Trainer:
                 if not np.isfinite(sums["loss"]):
                     raise PSLError(self._non_finite_stop(stage, epoch, i, sums["loss"], state))
                 self._steps_since_save += 1
+                kill_point("mid_epoch")
                 progbar.update(
                     i + 1,
                     [
@@ -337,7 +368,8 @@ class Trainer:
                 "accuracy": totals["correct"] / max(totals["count"], 1),
                 "lr": optim.current_learning_rate(model.optimizer),
             }
-            self._save_progress(manager, state, stage, epoch + 1, 0, None)
+            self._save_progress(manager, state, stage, epoch + 1, 0, None,
+                                {"loss": logs["loss"], "accuracy": logs["accuracy"]})
             callbacks.on_epoch_end(global_epoch, logs)
             global_epoch += 1
             if self.chief and self.config.knn_monitor:

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from psl_keras import data as data_lib
 from psl_keras.evaluation.preprocessing import center_view
+from psl_keras.faults import kill_point
 
 
 def pooled_features(backbone, images, blocks):
@@ -88,6 +89,7 @@ class KNNMonitor(keras.callbacks.Callback):
                                              self.batch_size, limit=self.bank_size)
         queries, query_labels = extract_features(self.backbone, self.query_source, self.image_size, [block],
                                                  self.batch_size)
+        kill_point("knn_monitor")
         accuracy = knn_accuracy(bank[block], bank_labels, queries[block], query_labels, self.num_classes,
                                 self.k, self.temperature)
         self.last_accuracy = accuracy
