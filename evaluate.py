@@ -29,6 +29,9 @@ flags.DEFINE_string("dataset", "cifar10", "TFDS dataset (or folder:PATH); for tr
 flags.DEFINE_string("data_dir", "", "TFDS data directory.")
 flags.DEFINE_string("train_split", "train", "Split the probes train on (and the kNN bank).")
 flags.DEFINE_string("eval_split", "test", "Split the probes are scored on.")
+flags.DEFINE_bool("download", True, "Download and prepare a TFDS dataset missing from --data_dir.")
+flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"], "Image folders: files that cannot be decoded are left "
+                  "out and named (skip) or stop the evaluation (error).")
 flags.DEFINE_string("output_dir", "eval", "Where tables and plots are written.")
 define_number("epochs", 10, "Probe / fine-tuning epochs.", positive_int())
 define_number("steps_per_epoch", 0, "Cap on steps per epoch (0: full passes), for smoke runs.", non_negative_int())
@@ -78,7 +81,7 @@ def _config():
         batch_size=FLAGS.batch_size, seed=FLAGS.seed, lr=_learning_rate(), weight_decay=FLAGS.weight_decay,
         schedule=FLAGS.schedule, schedule_pattern=FLAGS.schedule_pattern, blocks=blocks, k=neighbours[0],
         temperature=FLAGS.temperature, knn_train_examples=FLAGS.knn_train_examples,
-        label_ids_file=FLAGS.label_ids_file,
+        label_ids_file=FLAGS.label_ids_file, on_bad_image=FLAGS.on_bad_image, download=FLAGS.download,
     )
 
 

@@ -12,6 +12,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# --deterministic has to reach TensorFlow before it loads: oneDNN's CPU kernels (chosen at import) sum in an
+# order that varies from run to run (benchmarks/determinism.py), so they are switched off first.
+if any(arg in ("--deterministic", "--deterministic=true", "--deterministic=True", "--deterministic=1")
+       for arg in sys.argv[1:]):
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 
 from absl import app, flags, logging  # noqa: E402
 

@@ -246,8 +246,9 @@ class Gallery:
 
     THUMBNAIL_SIDE = 96
 
-    def __init__(self, spec, data_dir, size, cache_dir):
+    def __init__(self, spec, data_dir, size, cache_dir, download=False):
         self.spec = spec
+        self.download = download
         self.name, self.split = parse_gallery(spec)
         self.data_dir = data_dir
         self.size = int(size)
@@ -260,7 +261,8 @@ class Gallery:
     def source(self):
         with self._lock:
             if self._source is None:
-                self._source = data_lib.load_images(self.name, self.data_dir or None, self.split).head(self.size)
+                self._source = data_lib.load_images(self.name, self.data_dir or None, self.split,
+                                                    download=self.download).head(self.size)
             return self._source
 
     @property

@@ -26,6 +26,7 @@ define_number("gallery_size", 5000, "Images of the gallery split used (the first
 flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 serves other machines too.")
 define_number("port", 7860, "Port.", Range(1, 65535, integer=True))
 flags.DEFINE_bool("share", False, "Also make a public gradio.live link.")
+flags.DEFINE_bool("download", True, "Download and prepare the gallery's TFDS dataset if it is missing.")
 define_number("max_loaded_runs", 4, "Runs kept loaded in memory at once (least recently used dropped).",
               Range(1, 1000, integer=True))
 define_number("max_upload_mb", 20, "Largest accepted upload, in megabytes.", Range(1, 2048, integer=True))
@@ -55,7 +56,7 @@ def main(argv):
     from psl_keras.errors import PSLError
 
     cache_dir = FLAGS.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "psl_keras", "demo")
-    gallery = Gallery(FLAGS.gallery, FLAGS.data_dir, FLAGS.gallery_size, cache_dir)
+    gallery = Gallery(FLAGS.gallery, FLAGS.data_dir, FLAGS.gallery_size, cache_dir, FLAGS.download)
     try:
         len(gallery)  # a gallery that cannot load is reported now, not at the first request
     except PSLError as err:

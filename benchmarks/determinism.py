@@ -53,15 +53,24 @@ def trial(args):
                    "names": [w.path for w in backbone.weights]}, f)
 
 
-def run_trial(mode, deterministic, args):
-    out = tempfile.mkdtemp(prefix=f"det_{mode}_{int(deterministic)}_")
+VARIANTS = {  # name: (environment, TrainConfig.deterministic)
+    "default": ({}, False),
+    "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, False),
+    "deterministic": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, True),  # what --deterministic does
+}
+
+
+def run_trial(mode, variant, args):
+    env_extra, deterministic = VARIANTS[variant]
+    out = tempfile.mkdtemp(prefix=f"det_{mode}_{variant}_")
     command = [sys.executable, os.path.abspath(__file__), "--trial", mode, "--out", out, "--steps", str(args.steps),
                "--batch_size", str(args.batch_size), "--width", str(args.width)]
     if deterministic:
         command.append("--deterministic")
     if args.data_dir:
         command += ["--data_dir", args.data_dir]
-    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env={**env, **env_extra})
     import numpy as np
 
     with open(os.path.join(out, "trial.json")) as f:
@@ -85,6 +94,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--data_dir", default="")
+    parser.add_argument("--variants", default="default,onednn_off,deterministic",
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--trial", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
@@ -92,16 +103,16 @@ def main():
     if args.trial:
         return trial(args)
     rows = []
-    for deterministic in (False, True):
-        first, w1 = run_trial("psl", deterministic, args)
-        second, w2 = run_trial("psl", deterministic, args)
-        other, w3 = run_trial("psl_f", deterministic, args)
+    for variant in args.variants.split(","):
+        first, w1 = run_trial("psl", variant, args)
+        second, w2 = run_trial("psl", variant, args)
+        other, w3 = run_trial("psl_f", variant, args)
         speed = [t["images_per_sec"] for t in (first, second, other)]
-        rows.append({"deterministic": deterministic, "psl_vs_psl": compare(w1, w2, first["names"]),
+        rows.append({"variant": variant, "psl_vs_psl": compare(w1, w2, first["names"]),
                      "psl_vs_psl_f": compare(w1, w3, first["names"]), "images_per_sec": speed})
     print(f"stage 1 (B1-B3), {args.steps} steps, batch {args.batch_size}, ResNet-18 width {args.width}, "
           f"{'CIFAR-10' if args.data_dir else 'noise images'}")
-    print("| --deterministic | psl vs psl | psl vs psl_f | images/s (3 runs) |")
+    print("| variant | psl vs psl | psl vs psl_f | images/s (3 runs) |")
     print("|---|---|---|---|")
     for row in rows:
         cells = []
@@ -110,11 +121,13 @@ def main():
             cells.append("bit-identical" if c["identical"] else
                          f"max abs diff {c['max_abs_diff']:.2e} ({c['weights_differing']}/{c['weights']} weights; "
                          f"worst {c['where']})")
-        print(f"| {row['deterministic']} | {cells[0]} | {cells[1]} | "
+        print(f"| {row['variant']} | {cells[0]} | {cells[1]} | "
               f"{', '.join(f'{s:.0f}' for s in row['images_per_sec'])} |")
     base = sum(rows[0]["images_per_sec"]) / 3
-    det = sum(rows[1]["images_per_sec"]) / 3
-    print(f"\n--deterministic speed: {det / base:.2f}x of the default ({det:.0f} vs {base:.0f} images/s)")
+    for row in rows[1:]:
+        speed = sum(row["images_per_sec"]) / 3
+        print(f"{row['variant']}: {speed / base:.2f}x the speed of {rows[0]['variant']} ({speed:.0f} vs {base:.0f} "
+              f"images/s)")
     print(json.dumps(rows))
 
 

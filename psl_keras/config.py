@@ -37,6 +37,10 @@ class TrainConfig:
     dataset: str = setting("cifar10", "TFDS dataset name, or folder:PATH.")
     data_dir: str = setting("", "TFDS data directory (default: TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     split: str = setting("train", "Split to train on.")
+    download: bool = setting(True, "Download and prepare a TFDS dataset missing from --data_dir "
+                                   "(--nodownload: fail with how to prepare it offline).")
+    on_bad_image: str = setting("skip", "Image folders: files that cannot be decoded are left out and named "
+                                        "(skip) or stop the run before it starts (error).", ("skip", "error"))
     epochs_per_stage: int = setting(10, "Epochs of each stage.", allowed=positive_int())
     stage_epochs: str = setting("", "Epochs of each stage, e.g. 60,70,70 (empty: --epochs_per_stage each).")
     e2e_epochs: int = setting(0, "E2E epochs; 0: the stages' epochs summed (the same budget).",
@@ -57,8 +61,8 @@ class TrainConfig:
     seed: int = setting(0, "Seed of every random choice.", allowed=Range(0, 2**31 - 1, integer=True))
     jit_compile: bool = setting(False, "Compile the train step with XLA.")
     mixed_precision: bool = setting(False, "Mixed precision (float16 GPU, bfloat16 CPU).")
-    deterministic: bool = setting(False, "Bit-reproducible runs on one machine: TensorFlow's deterministic kernels "
-                                         "(slower; see benchmarks/determinism.py).")
+    deterministic: bool = setting(False, "Bit-reproducible runs on one machine: oneDNN off and TensorFlow's "
+                                         "deterministic kernels (slower; benchmarks/determinism.py).")
     strategy: str = setting("default", "tf.distribute strategy.", STRATEGIES)
     cpu_replicas: int = setting(0, "Split the CPU into this many logical devices (multi-replica runs without GPUs).",
                                 allowed=Range(0, 256, integer=True))

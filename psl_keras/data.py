@@ -14,7 +14,6 @@ import tensorflow as tf
 from psl_keras.errors import PSLError
 
 FOLDER_PREFIX = "folder:"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Splits of fixed-shape images up to this size are decoded once and kept in memory (CIFAR-10 train is
 # 150 MB): a perfect per-epoch shuffle then costs a permutation instead of refilling a shuffle buffer.
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -38,6 +37,7 @@ class ImageSource:
     multi_label: bool = False  # labels are multi-hot [num_classes] vectors (e.g. VOC2007's "labels")
     ids: object = None  # np.ndarray of example ids (str), or a callable that reads them, or None
     class_names: tuple = ()  # the name of each class id, where the data has them
+    unreadable: dict = dataclasses.field(default_factory=dict)  # folder files left out: {path: why}
 
     def example_ids(self):
         """Each example's id (TFDS `id`/`file_name`, or the file path of a folder source), in stored order."""
@@ -119,14 +119,21 @@ def _prepare_hint(name, data_dir):
     )
 
 
-def load_images(dataset, data_dir=None, split="train"):
-    """Loads one split of a TFDS image dataset by name, or of a local folder (`folder:PATH`)."""
+def load_images(dataset, data_dir=None, split="train", on_bad_image="skip", min_side=0, verbose=True,
+                download=False):
+    """Loads one split of a TFDS image dataset by name, or of a local folder (`folder:PATH`).
+
+    A TFDS dataset not prepared in `data_dir` is downloaded and prepared there if `download` (the CLIs'
+    --download, on by default); where that is off or fails, the PSLError says how to prepare it offline.
+
+    Folders only: `on_bad_image` (skip or error) for files that cannot be decoded; images with a shorter side
+    below `min_side` are upscaled to it."""
     if dataset.startswith(FOLDER_PREFIX):
-        return _load_folder(dataset[len(FOLDER_PREFIX):], split)
-    return _load_tfds(dataset, data_dir or default_data_dir(), split)
+        return _load_folder(dataset[len(FOLDER_PREFIX):], split, on_bad_image, min_side, verbose)
+    return _load_tfds(dataset, data_dir or default_data_dir(), split, download, verbose)
 
 
-def _load_tfds(name, data_dir, split):
+def _load_tfds(name, data_dir, split, download=False, verbose=True):
     import tensorflow_datasets as tfds  # slow to import; only needed for TFDS sources
 
     try:
@@ -136,10 +143,21 @@ def _load_tfds(name, data_dir, split):
             f"Unknown TFDS dataset {name!r} (--dataset). Use a name from "
             f"`tfds.list_builders()`, e.g. cifar10 or imagenet2012, or --dataset=folder:/path/to/images."
         ) from None
+    if not builder.is_prepared() and download:
+        if verbose:
+            print(f"Downloading and preparing {name} in {data_dir} (TFDS; --nodownload refuses)...")
+        try:
+            builder.download_and_prepare()
+        except Exception as err:  # no network, a manual-download dataset, a full disk: all end the same way
+            reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}"
+            raise PSLError(
+                f"Dataset {name!r} is not prepared in --data_dir={data_dir} and downloading it failed ({reason}). "
+                + _prepare_hint(name, data_dir)
+            ) from None
     if not builder.is_prepared():
         raise PSLError(
-            f"Dataset {name!r} is not prepared in --data_dir={data_dir} (looked for {builder.data_dir}); "
-            f"this machine cannot download it during training. " + _prepare_hint(name, data_dir)
+            f"Dataset {name!r} is not prepared in --data_dir={data_dir} (looked for {builder.data_dir}) and "
+            f"--nodownload is set. " + _prepare_hint(name, data_dir)
         )
     splits = builder.info.splits
     if split not in splits:
@@ -200,23 +218,34 @@ def _load_tfds(name, data_dir, split):
     return source
 
 
-def _load_folder(root, split):
-    """Images under `root` (or `root/split` if that exists); class = first sub-folder, sorted by name."""
+def _load_folder(root, split, on_bad_image="skip", min_side=0, verbose=True):
+    """Images under `root` (or `root/split` if that exists); class = first sub-folder, sorted by name.
+
+    Files that cannot be decoded are found first (psl_keras.folders.scan, cached) and left out, so the epoch
+    length counts usable images only; with on_bad_image="error" they stop the run instead, named.
+    """
+    from psl_keras import folders
+
+    if on_bad_image not in folders.ON_BAD_IMAGE:
+        raise PSLError(f"--on_bad_image={on_bad_image!r}: must be one of {', '.join(folders.ON_BAD_IMAGE)}.")
     if not os.path.isdir(root):
         raise PSLError(f"--dataset=folder:{root}: no such directory.")
     split_root = os.path.join(root, split)
     if os.path.isdir(split_root):
         root = split_root
-    files = sorted(
-        os.path.join(dirpath, f)
-        for dirpath, _, filenames in os.walk(root)
-        for f in filenames
-        if f.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    files = folders.list_images(root)
     if not files:
-        raise PSLError(
-            f"--dataset=folder:{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found under it."
-        )
+        raise PSLError(f"--dataset=folder:{root}: no images ({', '.join(folders.EXTENSIONS)}) found under it.")
+    unreadable = folders.scan(files, root, verbose=verbose)
+    if unreadable:
+        message = folders.describe_unreadable(unreadable, root)
+        if on_bad_image == "error":
+            raise PSLError(f"{message}. Remove or repair them, or pass --on_bad_image=skip to leave them out.")
+        if verbose:
+            print(f"warning: {message}. They are left out (--on_bad_image=skip).")
+        files = [f for f in files if os.path.relpath(f, root) not in unreadable]
+        if not files:
+            raise PSLError(f"--dataset=folder:{root}: none of its {len(unreadable)} image files can be read.")
     class_of = [os.path.relpath(f, root).split(os.sep)[0] if os.sep in os.path.relpath(f, root) else None
                 for f in files]
     classes = sorted({c for c in class_of if c is not None})
@@ -226,17 +255,20 @@ def _load_folder(root, split):
     else:
         classes, labels = [], [-1] * len(files)
 
+    def read(path):
+        return folders.read_for_training(path.decode(), min_side)
+
     def decode(path, label):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.numpy_function(read, [path], tf.uint8, stateful=False)
         return tf.ensure_shape(image, [None, None, 3]), label
 
     data = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int64)))
     data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    # A corrupt file would otherwise stop a long run from deep inside tf.data: skip it with a warning.
+    # A file changed after the scan would otherwise stop a long run from deep inside tf.data.
     data = data.ignore_errors(log_warning=True)
     ids = np.array([os.path.relpath(f, root) for f in files])
     return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data, ids=ids,
-                       class_names=tuple(classes))
+                       class_names=tuple(classes), unreadable=dict(unreadable))
 
 
 def steps_per_epoch(source, global_batch_size, cap=0):

@@ -13,7 +13,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from psl_keras.errors import PSLError
 
-MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_FILE_BYTES = 20 * 1024 * 1024  # uploads
+MAX_TRAINING_FILE_BYTES = 512 * 1024 * 1024  # files of a training folder (large TIFFs)
 MAX_PIXELS = 100_000_000  # refused above this (decompression bombs); larger than any camera image
 DECODE_SIDE = 1024  # large images are decoded and kept at about this shorter side
 

@@ -116,13 +116,19 @@ class Trainer:
         c = self.config
         keras.utils.set_random_seed(c.seed)
         if c.deterministic:
+            if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+                raise PSLError("--deterministic needs TensorFlow's oneDNN kernels off, which only works before "
+                               "TensorFlow is imported: set TF_ENABLE_ONEDNN_OPTS=0 in the environment (train.py "
+                               "does it itself when --deterministic is on its command line).")
             # Process-wide and one-way in TensorFlow: every later op in this process is deterministic too.
             tf.config.experimental.enable_op_determinism()
         if c.mixed_precision:
             # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
             policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
             keras.mixed_precision.set_dtype_policy(policy)
-        self.source = self._given_source or data_lib.load_images(c.dataset, c.data_dir or None, c.split)
+        self.source = self._given_source or data_lib.load_images(
+            c.dataset, c.data_dir or None, c.split, c.on_bad_image, min_side=c.image_size, verbose=self.verbose > 0,
+            download=c.download)
         if self.source.image_shape is not None and min(self.source.image_shape[:2]) < c.image_size / 2:
             raise PSLError(
                 f"{self.source.name} images are {self.source.image_shape[0]}x{self.source.image_shape[1]}, "
@@ -141,7 +147,9 @@ class Trainer:
             from psl_keras.evaluation.knn import KNNMonitor  # evaluation is optional for training
 
             c = self.config
-            query = self._given_knn_source or data_lib.load_images(c.dataset, c.data_dir or None, c.knn_split)
+            query = self._given_knn_source or data_lib.load_images(
+                c.dataset, c.data_dir or None, c.knn_split, c.on_bad_image, min_side=c.image_size,
+                verbose=self.verbose > 0, download=c.download)
             if not self.source.num_classes or not query.num_classes:
                 raise PSLError(f"--knn_monitor needs class labels; {c.dataset} has none.")
             self._knn = KNNMonitor(self.backbone, self.source, query, c.image_size, c.knn_k,
@@ -397,7 +405,8 @@ class Trainer:
         return {
             "config": c.to_dict(),
             "task": self.task.get_config(),
-            "dataset": {"name": self.source.name, "split": c.split, "num_examples": self.source.num_examples},
+            "dataset": {"name": self.source.name, "split": c.split, "num_examples": self.source.num_examples,
+                        "unreadable": dict(self.source.unreadable)},
             "backbone": {"file": BACKBONE_FILE, "name": c.backbone, "parameters": int(self.backbone.count_params())},
             "strategy": {"name": c.strategy, "replicas": int(self.strategy.num_replicas_in_sync)},
             "stages": sorted(state.stages, key=lambda s: s["stage"]),

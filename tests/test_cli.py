@@ -50,7 +50,7 @@ def test_mirrored_smoke_run_on_cifar10(tiny_cifar_run):
 
 
 def test_missing_dataset_is_one_clear_message(tmp_path):
-    result = _train(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'run'}")
+    result = _train(f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'run'}", "--nodownload")
     assert result.returncode == 2
     assert "error: Dataset 'cifar10' is not prepared in --data_dir=" in result.stderr
     assert "Traceback" not in result.stderr
@@ -59,7 +59,8 @@ def test_missing_dataset_is_one_clear_message(tmp_path):
 def test_bad_flag_values_are_clear_errors(tmp_path):
     result = _train("--mode=greedy", f"--output_dir={tmp_path}")
     assert result.returncode != 0 and "--mode" in result.stderr and "Traceback" not in result.stderr
-    result = _train("--stage_windows=1-3,2-9", f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'r'}")
+    result = _train("--stage_windows=1-3,2-9", f"--data_dir={tmp_path}", f"--output_dir={tmp_path / 'r'}",
+                    "--nodownload")
     assert result.returncode == 2 and "within B1..B5" in result.stderr
 
 
@@ -117,7 +118,7 @@ def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
 
 
 def test_evaluate_bad_inputs_are_clear_errors(tmp_path):
-    result = _run("evaluate.py", f"--runs={tmp_path}", f"--data_dir={tmp_path}")
+    result = _run("evaluate.py", f"--runs={tmp_path}", f"--data_dir={tmp_path}", "--nodownload")
     assert result.returncode == 2 and "not a finished psl-keras run" in result.stderr
     assert "Traceback" not in result.stderr
     result = _run("evaluate.py", "--probe=knn", f"--runs={tmp_path}", "--k=20,x")  # refused when flags are parsed

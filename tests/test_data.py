@@ -19,6 +19,24 @@ def test_missing_dataset_names_data_dir_and_how_to_prepare(tmp_path):
     assert "download_and_prepare" in message
 
 
+def test_a_failed_download_says_how_to_prepare_the_dataset_offline(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    attempts = []
+
+    def no_network(self, *args, **kwargs):
+        attempts.append(self.name)
+        raise ConnectionError("Failed to establish a new connection: [Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+    with pytest.raises(PSLError) as err:
+        data.load_images("cifar10", str(tmp_path), "train", download=True, verbose=False)
+    message = str(err.value)
+    assert attempts == ["cifar10"]  # it did try, as TFDS users expect
+    assert "downloading it failed (ConnectionError: Failed to establish" in message
+    assert f"--data_dir={tmp_path}" in message and "download_and_prepare" in message
+
+
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(PSLError, match="Unknown TFDS dataset 'no_such_images'"):
         data.load_images("no_such_images", str(tmp_path))
@@ -47,10 +65,11 @@ def _write_folder(root, corrupt=False):
 
 def test_folder_source_labels_by_subfolder_and_skips_corrupt_images(tmp_path):
     _write_folder(tmp_path, corrupt=True)
-    source = data.load_images(f"folder:{tmp_path}")
-    assert source.num_classes == 2
+    source = data.load_images(f"folder:{tmp_path}", verbose=False)
+    assert source.num_classes == 2 and source.num_examples == 6  # counted without the unreadable file
+    assert list(source.unreadable) == [os.path.join("dog", "broken.jpg")]
     pairs = list(source.as_dataset().as_numpy_iterator())
-    assert len(pairs) == 6  # the corrupt file is skipped with a warning, not a crash
+    assert len(pairs) == 6  # the corrupt file is left out, not a crash
     assert sorted(int(label) for _, label in pairs) == [0, 0, 0, 1, 1, 1]
     assert all(image.shape == (20, 24, 3) for image, _ in pairs)
 

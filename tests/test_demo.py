@@ -309,7 +309,7 @@ def test_bad_flags_and_a_missing_gallery_are_one_message(tmp_path):
     result = demo("--max_upload_mb=-1", f"--runs_dir={tmp_path}")
     assert result.returncode != 0 and "flag --max_upload_mb=-1: must be an integer in [1, 2048]" in result.stderr
     assert "Traceback" not in result.stderr
-    result = demo(f"--data_dir={tmp_path}", f"--runs_dir={tmp_path}", "--port=7999")
+    result = demo(f"--data_dir={tmp_path}", f"--runs_dir={tmp_path}", "--port=7999", "--nodownload")
     assert result.returncode == 2 and "not prepared in --data_dir" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -16,7 +16,7 @@ from conftest import REPO
 
 # Values each flag must refuse. Numeric flags: below/above the range, non-numbers, NaN and infinities.
 TRAIN = {
-    "config": ["imagenet"], "task": ["rotate"], "mode": ["pls"], "backbone": ["resnet19"], "stem": ["tiny"],
+    "config": ["imagenet"], "task": ["rotate"], "on_bad_image": ["ignore"], "mode": ["pls"], "backbone": ["resnet19"], "stem": ["tiny"],
     "optimizer": ["adam"], "schedule": ["linear"], "strategy": ["mirror"],
     "width": ["0", "-1", "nan"], "image_size": ["0", "4", "8.5"], "head_hidden": ["0"],
     "epochs_per_stage": ["0", "-1"], "e2e_epochs": ["-1"], "steps_per_epoch": ["-1"],
@@ -34,7 +34,7 @@ TRAIN = {
     "mocov2_queue_size": ["-1"], "mocov2_momentum": ["1", "-0.5"], "mocov2_shuffle_groups": ["0"],
 }
 EVALUATE = {
-    "probe": ["linear"], "schedule": ["linear"], "strategy": ["mirror"],
+    "probe": ["linear"], "on_bad_image": ["ignore"], "schedule": ["linear"], "strategy": ["mirror"],
     "epochs": ["0"], "steps_per_epoch": ["-1"], "batch_size": ["0"], "seed": ["-1"], "lr": ["0", "-1"],
     "weight_decay": ["-1"], "temperature": ["0"], "knn_train_examples": ["-1"], "cpu_replicas": ["-1"],
     "k": ["0", "20,0", "a", ""], "label_fraction": ["0", "0.1,1.5", "-0.1"],
@@ -45,10 +45,10 @@ DEMO = {"gallery_size": ["0"], "port": ["0", "65536"], "max_loaded_runs": ["0"],
 UNCHECKED = {
     "train.py": {"dataset", "data_dir", "split", "output_dir", "stage_windows", "stage_epochs", "schedule_pattern",
                  "knn_split", "jigsaw_set_sizes", "resume", "sync_bn", "nesterov", "jit_compile",
-                 "mixed_precision", "knn_monitor"},
+                 "mixed_precision", "knn_monitor", "deterministic", "download"},
     "evaluate.py": {"runs", "dataset", "data_dir", "train_split", "eval_split", "output_dir", "schedule_pattern",
-                    "blocks", "label_ids_file"},
-    "apps/demo.py": {"runs_dir", "data_dir", "gallery", "host", "share", "cache_dir"},
+                    "blocks", "label_ids_file", "download"},
+    "apps/demo.py": {"runs_dir", "data_dir", "gallery", "host", "share", "cache_dir", "download"},
 }
 
 

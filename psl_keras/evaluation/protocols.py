@@ -33,6 +33,8 @@ class EvalConfig:
     data_dir: str = ""
     train_split: str = "train"
     eval_split: str = "test"
+    on_bad_image: str = "skip"  # image folders: leave out (and name) files that cannot be decoded, or stop
+    download: bool = False  # download and prepare a TFDS dataset missing from data_dir (evaluate.py: --download)
     epochs: int = 10
     steps_per_epoch: int = 0  # cap; 0 = full passes
     batch_size: int = 256
@@ -57,8 +59,10 @@ LINEAR_LR, SEMI_LR = 0.01, 0.1
 
 def load_sources(config, dataset=None):
     name = dataset or config.dataset
-    train = data_lib.load_images(name, config.data_dir or None, config.train_split)
-    held_out = data_lib.load_images(name, config.data_dir or None, config.eval_split)
+    train = data_lib.load_images(name, config.data_dir or None, config.train_split, config.on_bad_image,
+                                 download=config.download)
+    held_out = data_lib.load_images(name, config.data_dir or None, config.eval_split, config.on_bad_image,
+                                    download=config.download)
     if not train.num_classes:
         raise PSLError(f"{name} has no class labels; probes need a labelled dataset (--dataset).")
     return train, held_out
