@@ -56,8 +56,16 @@ class ImageSource:
 
     @classmethod
     def from_arrays(cls, name, images, labels=None, num_classes=None, split="train"):
-        """An in-memory source, e.g. synthetic data in tests."""
-        images = np.asarray(images, np.uint8)
+        """An in-memory source, e.g. synthetic data in tests. Images of any dtype and 1, 3 or 4 channels are
+        brought to RGB uint8 first (psl_keras.images.as_rgb_uint8: floats as [0, 1])."""
+        from psl_keras.images import as_rgb_uint8
+
+        images = np.asarray(images)
+        if images.ndim == 3:  # [N, H, W]: a batch of grey images
+            images = images[..., None]
+        if images.ndim != 4:
+            raise PSLError(f"from_arrays needs images [N, H, W] or [N, H, W, C]; got shape {images.shape}.")
+        images = as_rgb_uint8(images)
         labels = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
         if num_classes is None:
             num_classes = int(labels.max()) + 1 if labels.size and labels.min() >= 0 else 0

@@ -36,6 +36,39 @@ def to_rgb(image):
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def as_rgb_uint8(array):
+    """Any image array -> RGB uint8 [..., H, W, 3] (a batch keeps its leading axes).
+
+    [H, W] or one channel: grey, repeated; 4 channels: RGBA composited over white; uint16: the top 8 bits;
+    bool: 0/255; float: the Keras convention [0, 1], clipped (NaN as 0); other integers clipped to [0, 255].
+    """
+    array = np.asarray(array)
+    if array.ndim < 2:
+        raise PSLError(f"An image needs at least 2 dimensions (H, W); got shape {array.shape}.")
+    if array.ndim == 2 or array.shape[-1] not in (1, 3, 4):
+        array = array[..., None]  # [H, W] grey (also [N, H, W] batches with W not 1, 3 or 4)
+    if array.dtype == np.bool_:
+        values = array.astype(np.float64) * 255.0
+    elif np.issubdtype(array.dtype, np.floating):
+        values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        values = np.clip(values, 0.0, 1.0) * 255.0
+    elif array.dtype == np.uint16:
+        values = array.astype(np.float64) / 257.0
+    elif array.dtype == np.uint8:
+        values = array
+    else:
+        values = np.clip(array.astype(np.float64), 0, 255)
+    channels = values.shape[-1]
+    if channels == 1:
+        values = np.repeat(values, 3, axis=-1)
+    elif channels == 4:
+        alpha = values[..., 3:4].astype(np.float64) / 255.0
+        values = values[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    if values.dtype != np.uint8:
+        values = np.round(values).astype(np.uint8)
+    return values
+
+
 def read_image(path_or_bytes, max_bytes=MAX_FILE_BYTES, max_pixels=MAX_PIXELS, decode_side=DECODE_SIDE):
     """RGB uint8 array [H, W, 3] of an image file (a path or the file's bytes).
 
