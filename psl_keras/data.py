@@ -38,6 +38,18 @@ class ImageSource:
     ids: object = None  # np.ndarray of example ids (str), or a callable that reads them, or None
     class_names: tuple = ()  # the name of each class id, where the data has them
     unreadable: dict = dataclasses.field(default_factory=dict)  # folder files left out: {path: why}
+    # Streaming sources: the examples before image decoding, and the function that decodes such a dataset, so a
+    # worker of a multi-worker run decodes only its shard (`shard`).
+    encoded: tf.data.Dataset = None
+    decoder: object = None
+
+    def shard(self, count, index):
+        """Examples index, index + count, ... in stored order, decoding only those where the source allows."""
+        if count == 1:
+            return self.as_dataset()
+        if self.encoded is not None:
+            return self.decoder(self.encoded.shard(count, index))
+        return self.as_dataset().shard(count, index)
 
     def example_ids(self):
         """Each example's id (TFDS `id`/`file_name`, or the file path of a folder source), in stored order."""
@@ -84,7 +96,8 @@ class ImageSource:
         if self.arrays is not None:
             arrays = tuple(a[:count] for a in self.arrays)
             return dataclasses.replace(self, arrays=arrays, num_examples=count)
-        return dataclasses.replace(self, dataset=self.dataset.take(count), num_examples=count)
+        return dataclasses.replace(self, dataset=self.dataset.take(count), num_examples=count,
+                                   encoded=self.encoded.take(count) if self.encoded is not None else None)
 
     def subset(self, indices):
         """The examples at `indices`: sliced if in memory, else filtered from the stream (stored order)."""
@@ -97,7 +110,8 @@ class ImageSource:
         keep = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(indices), tf.ones(len(indices), tf.bool)), False)
         data = self.dataset.enumerate().filter(lambda i, pair: keep.lookup(i)).map(lambda i, pair: pair)
-        return dataclasses.replace(self, dataset=data, num_examples=len(indices), ids=ids)
+        return dataclasses.replace(self, dataset=data, num_examples=len(indices), ids=ids, encoded=None,
+                                   decoder=None)
 
     def in_memory(self):
         """This source with its examples decoded into memory (a no-op if they already are)."""
@@ -108,7 +122,8 @@ class ImageSource:
             images.append(image_batch)
             labels.append(label_batch)
         arrays = (np.concatenate(images), np.concatenate(labels))
-        return dataclasses.replace(self, dataset=None, arrays=arrays, num_examples=len(arrays[0]))
+        return dataclasses.replace(self, dataset=None, arrays=arrays, num_examples=len(arrays[0]), encoded=None,
+                                   decoder=None)
 
 
 def default_data_dir():
@@ -206,6 +221,14 @@ def _load_tfds(name, data_dir, split, download=False, verbose=True):
 
     data = builder.as_dataset(split=split, shuffle_files=False)
     data = data.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+    # The same records with the image still encoded: sharded before decoding in multi-worker training.
+    encoded = builder.as_dataset(split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
+
+    def decoder(records):
+        def decode(example):
+            return to_pair({**example, image_key: features[image_key].decode_example(example[image_key])})
+
+        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     id_key = next((k for k in ("id", "file_name", "image/filename") if k in features), None)
 
     def read_ids():  # reads the id column alone: images are not decoded
@@ -218,7 +241,8 @@ def _load_tfds(name, data_dir, split, download=False, verbose=True):
 
     num_examples = splits[split].num_examples
     source = ImageSource(name, split, num_examples, num_classes, image_shape, dataset=data,
-                         multi_label=multi_label, ids=read_ids, class_names=class_names)
+                         multi_label=multi_label, ids=read_ids, class_names=class_names, encoded=encoded,
+                         decoder=decoder)
     if image_shape is not None:
         source.image_shape = image_shape[:2] + (3,)
         if num_examples * int(np.prod(source.image_shape)) <= IN_MEMORY_BYTES:
@@ -270,13 +294,14 @@ def _load_folder(root, split, on_bad_image="skip", min_side=0, verbose=True):
         image = tf.numpy_function(read, [path], tf.uint8, stateful=False)
         return tf.ensure_shape(image, [None, None, 3]), label
 
-    data = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int64)))
-    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    # A file changed after the scan would otherwise stop a long run from deep inside tf.data.
-    data = data.ignore_errors(log_warning=True)
+    def decoder(paths):
+        # A file changed after the scan would otherwise stop a long run from deep inside tf.data.
+        return paths.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
+
+    paths = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int64)))
     ids = np.array([os.path.relpath(f, root) for f in files])
-    return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=data, ids=ids,
-                       class_names=tuple(classes), unreadable=dict(unreadable))
+    return ImageSource(f"folder:{root}", split, len(files), len(classes), None, dataset=decoder(paths), ids=ids,
+                       class_names=tuple(classes), unreadable=dict(unreadable), encoded=paths, decoder=decoder)
 
 
 def steps_per_epoch(source, global_batch_size, cap=0):
@@ -309,9 +334,8 @@ def training_pipeline(source, preprocess, global_batch_size, seed, input_context
         images, labels = source.arrays
         data = tf.data.Dataset.from_tensor_slices((images[order], labels[order]))
     else:
-        data = source.dataset
-        if num_pipelines > 1:
-            data = data.shard(num_pipelines, pipeline_id)
+        # Each pipeline decodes only its shard (the records are split before decoding where the source allows).
+        data = source.shard(num_pipelines, pipeline_id)
         data = data.shuffle(min(shuffle_buffer, source.num_examples), seed=seed, reshuffle_each_iteration=False)
     data = data.enumerate()
     if skip_steps:
@@ -336,8 +360,6 @@ def eval_pipeline(source, view, global_batch_size, input_context=None):
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
         pipeline_id, num_pipelines = input_context.input_pipeline_id, input_context.num_input_pipelines
-    data = source.as_dataset()
-    if num_pipelines > 1:
-        data = data.shard(num_pipelines, pipeline_id)
+    data = source.shard(num_pipelines, pipeline_id)
     data = data.map(lambda image, label: (view(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)

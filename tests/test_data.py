@@ -140,3 +140,13 @@ def test_skipping_steps_continues_exactly_where_an_epoch_stopped():
     rest, rest_seeds = _epoch(source, seed=5, skip_steps=2)
     np.testing.assert_array_equal(rest, order[32:])
     np.testing.assert_array_equal(rest_seeds, seeds[32:])
+
+
+@needs_cifar10
+def test_a_streaming_tfds_shard_decodes_after_splitting_and_matches_the_old_shard(monkeypatch):
+    monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)  # stream CIFAR-10 as ImageNet would
+    source = data.load_images("cifar10", SHARED_TFDS, "test")
+    assert source.arrays is None and source.encoded is not None
+    new = list(source.shard(3, 1).take(6).as_numpy_iterator())
+    old = list(source.dataset.shard(3, 1).take(6).as_numpy_iterator())
+    assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(new, old))

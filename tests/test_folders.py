@@ -74,3 +74,35 @@ def test_training_on_a_wild_folder_reports_the_left_out_files_in_its_summary(tmp
     assert summary["dataset"]["num_examples"] == 16 + len(odd_images(tmp_path / "again"))
     with open(os.path.join(config.output_dir, "summary.json")) as f:
         assert json.load(f)["dataset"]["unreadable"] == summary["dataset"]["unreadable"]
+
+
+def test_each_worker_decodes_only_its_share(tmp_path, monkeypatch):
+    # Issue 12, point 6: the file list is split before decoding, so with 2 input pipelines each decodes half;
+    # together they see every example once, the same split by example index as before.
+    import tensorflow as tf
+
+    root = tmp_path / "images"
+    for i in range(24):
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(root / f"c{i % 2}" / f"{i:02d}.png")
+    decoded = []
+    read = folders.read_for_training
+    monkeypatch.setattr(folders, "read_for_training", lambda path, min_side=0: (decoded.append(path),
+                                                                                read(path, min_side))[1])
+    source = data.load_images(f"folder:{root}", verbose=False)
+
+    def values(pipeline, count):
+        decoded.clear()
+        context = tf.distribute.InputContext(num_input_pipelines=count, input_pipeline_id=pipeline,
+                                             num_replicas_in_sync=count)
+        batches = data.training_pipeline(source, lambda image, label, seed: (image, label), 12, seed=3,
+                                         input_context=context)
+        seen = sorted(int(image[0, 0, 0]) for images, _ in batches for image in images.numpy())
+        return seen, len(decoded)
+
+    everything, one_worker = values(0, 1)
+    first, decoded_by_0 = values(0, 2)
+    second, decoded_by_1 = values(1, 2)
+    assert everything == list(range(24)) and one_worker == 24
+    assert decoded_by_0 == decoded_by_1 == 12  # half each, not 24 each
+    assert sorted(first + second) == everything and not set(first) & set(second)
