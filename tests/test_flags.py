@@ -16,7 +16,8 @@ from conftest import REPO
 
 # Values each flag must refuse. Numeric flags: below/above the range, non-numbers, NaN and infinities.
 TRAIN = {
-    "config": ["imagenet"], "task": ["rotate"], "on_bad_image": ["ignore"], "mode": ["pls"], "backbone": ["resnet19"], "stem": ["tiny"],
+    "config": ["imagenet"], "task": ["rotate"], "on_bad_image": ["ignore"], "mode": ["pls"], "backbone": ["resnet19"],
+    "stem": ["tiny"],
     "optimizer": ["adam"], "schedule": ["linear"], "strategy": ["mirror"],
     "width": ["0", "-1", "nan"], "image_size": ["0", "4", "8.5"], "head_hidden": ["0"],
     "epochs_per_stage": ["0", "-1"], "e2e_epochs": ["-1"], "steps_per_epoch": ["-1"],

@@ -78,9 +78,42 @@ def test_sigkill_at_seven_points_then_resume_ends_as_an_unbroken_run(tmp_path):
         summary = json.load(f)
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
     assert not [name for name in os.listdir(run) if name.startswith(".tmp_")]
-    for a, b in zip(backbone_weights(run / "backbone.keras"), backbone_weights(tmp_path / "unbroken" / "backbone.keras")):
+    for a, b in zip(backbone_weights(run / "backbone.keras"),
+                    backbone_weights(tmp_path / "unbroken" / "backbone.keras")):
         assert np.array_equal(a, b)
     for stage in (1, 2, 3):
         for a, b in zip(backbone_weights(run / f"stage{stage}_backbone.keras"),
                         backbone_weights(tmp_path / "unbroken" / f"stage{stage}_backbone.keras")):
             assert np.array_equal(a, b)
+
+
+def test_deterministic_runs_repeat_bit_for_bit(tmp_path):
+    # --deterministic (oneDNN off before TensorFlow loads, deterministic kernels): two runs at a batch large
+    # enough for multi-threaded kernels give identical backbones. Without it such runs differ in the last bits
+    # (benchmarks/determinism.py measures both); that is not asserted here, as it depends on the machine.
+    folder = image_folder(tmp_path / "images")
+    flags = ["--task=rotation", f"--dataset=folder:{folder}", "--backbone=resnet18", "--width=0.25",
+             "--image_size=32", "--head_hidden=16", "--batch_size=64", "--epochs_per_stage=1", "--steps_per_epoch=1",
+             "--deterministic"]
+    for name in ("a", "b"):
+        env = {k: v for k, v in os.environ.items() if k not in ("PSL_KERAS_KILL_AT", "TF_ENABLE_ONEDNN_OPTS")}
+        result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *flags,
+                                 f"--output_dir={tmp_path / name}"], capture_output=True, text=True, timeout=600,
+                                cwd=REPO, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for a, b in zip(backbone_weights(tmp_path / "a" / "backbone.keras"),
+                    backbone_weights(tmp_path / "b" / "backbone.keras")):
+        assert np.array_equal(a, b)
+
+
+def test_deterministic_without_onednn_off_is_one_clear_error(tmp_path, monkeypatch):
+    # In Python (not train.py) the switch cannot turn oneDNN off any more once TensorFlow is loaded: say how.
+    import pytest
+
+    from conftest import tiny_config
+    from psl_keras.errors import PSLError
+    from psl_keras.training import Trainer
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    with pytest.raises(PSLError, match="TF_ENABLE_ONEDNN_OPTS=0"):
+        Trainer(tiny_config(tmp_path, deterministic=True), verbose=0).train()
