@@ -12,11 +12,14 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# --deterministic has to reach TensorFlow before it loads: oneDNN's CPU kernels (chosen at import) sum in an
-# order that varies from run to run (benchmarks/determinism.py), so they are switched off first.
+# --deterministic has to reach TensorFlow before it loads: multi-threaded CPU kernels sum in an order that varies
+# from run to run, even with oneDNN off and op determinism on (benchmarks/determinism.py), so the thread pools
+# get one thread each and oneDNN is off, all fixed when the runtime starts.
 if any(arg in ("--deterministic", "--deterministic=true", "--deterministic=True", "--deterministic=1")
        for arg in sys.argv[1:]):
-    os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    from psl_keras.config import DETERMINISTIC_ENV
+
+    os.environ.update(DETERMINISTIC_ENV)
 
 from absl import app, flags, logging  # noqa: E402
 

@@ -5,7 +5,8 @@ fresh processes and compares the stage-1 backbones (B1-B3 trained) bit for bit:
 
   psl vs psl        the same run twice: run-to-run non-determinism
   psl vs psl_f      the same computation under two modes (what issue 12 saw)
-  ... each without and with --deterministic, plus the step time of both.
+  ... for each variant (the default; TF's op determinism with oneDNN off; --deterministic, which also gives each
+  CPU thread pool one thread), with the step throughput of each.
 
   python benchmarks/determinism.py [--steps 6] [--batch_size 512] [--width 0.5] [--data_dir ../shared/tfds]
 
@@ -22,6 +23,8 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from psl_keras.config import DETERMINISTIC_ENV  # noqa: E402
 
 
 def trial(args):
@@ -43,6 +46,10 @@ def trial(args):
                          batch_size=args.batch_size, lr=0.2, epochs_per_stage=1,
                          steps_per_epoch=args.steps, deterministic=args.deterministic,
                          output_dir=os.path.join(args.out, "run"))
+    if args.op_determinism_only:  # what --deterministic did first: TF's op determinism alone
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     summary = Trainer(config, source=source, verbose=0).train()
     import keras
 
@@ -56,20 +63,22 @@ def trial(args):
 VARIANTS = {  # name: (environment, TrainConfig.deterministic)
     "default": ({}, False),
     "onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, False),
-    "deterministic": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, True),  # what --deterministic does
+    "op_determinism_onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "op"),  # not enough: still differs
+    "deterministic": (DETERMINISTIC_ENV, True),  # what --deterministic does: + one thread per pool
 }
 
 
 def run_trial(mode, variant, args):
     env_extra, deterministic = VARIANTS[variant]
+    op_only = deterministic == "op"
     out = tempfile.mkdtemp(prefix=f"det_{mode}_{variant}_")
     command = [sys.executable, os.path.abspath(__file__), "--trial", mode, "--out", out, "--steps", str(args.steps),
                "--batch_size", str(args.batch_size), "--width", str(args.width)]
     if deterministic:
-        command.append("--deterministic")
+        command.append("--op_determinism_only" if op_only else "--deterministic")
     if args.data_dir:
         command += ["--data_dir", args.data_dir]
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env = {k: v for k, v in os.environ.items() if k not in DETERMINISTIC_ENV}
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, env={**env, **env_extra})
     import numpy as np
 
@@ -94,11 +103,12 @@ def main():
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--data_dir", default="")
-    parser.add_argument("--variants", default="default,onednn_off,deterministic",
+    parser.add_argument("--variants", default="default,op_determinism_onednn_off,deterministic",
                         help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--trial", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--op_determinism_only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
         return trial(args)

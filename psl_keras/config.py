@@ -11,6 +11,12 @@ def setting(default, help, choices=None, allowed=None):
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "allowed": allowed})
 
 
+# What --deterministic needs in the environment before TensorFlow loads (train.py sets it): oneDNN off and one
+# thread per pool. Measured with benchmarks/determinism.py: op determinism with oneDNN off still differs from run
+# to run at batch 512; with one thread runs are bit-identical.
+DETERMINISTIC_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+                     "OMP_NUM_THREADS": "1"}
+
 # Choices of the enumerated settings (tests check they equal the registries: stages.MODES, ...).
 MODES = ("psl", "sl", "psl_f", "e2e")
 STEMS = ("auto", "imagenet", "cifar")
@@ -61,8 +67,8 @@ class TrainConfig:
     seed: int = setting(0, "Seed of every random choice.", allowed=Range(0, 2**31 - 1, integer=True))
     jit_compile: bool = setting(False, "Compile the train step with XLA.")
     mixed_precision: bool = setting(False, "Mixed precision (float16 GPU, bfloat16 CPU).")
-    deterministic: bool = setting(False, "Bit-reproducible runs on one machine: oneDNN off and TensorFlow's "
-                                         "deterministic kernels (slower; benchmarks/determinism.py).")
+    deterministic: bool = setting(False, "Bit-reproducible runs on one machine: one CPU thread per pool, oneDNN "
+                                         "off, deterministic kernels (slower; benchmarks/determinism.py).")
     strategy: str = setting("default", "tf.distribute strategy.", STRATEGIES)
     cpu_replicas: int = setting(0, "Split the CPU into this many logical devices (multi-replica runs without GPUs).",
                                 allowed=Range(0, 256, integer=True))

@@ -19,7 +19,7 @@ from psl_keras import data as data_lib
 from psl_keras import distribute, loop, optim, stages
 from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.callbacks import RunCSVLogger
-from psl_keras.config import TrainConfig
+from psl_keras.config import DETERMINISTIC_ENV, TrainConfig
 from psl_keras.errors import PSLError
 from psl_keras.faults import kill_point
 from psl_keras.rundir import (BACKBONE_FILE, LOG_FILE, TENSORBOARD_DIR, RunDirectory, RunState, stage_backbone_file,
@@ -116,10 +116,12 @@ class Trainer:
         c = self.config
         keras.utils.set_random_seed(c.seed)
         if c.deterministic:
-            if os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
-                raise PSLError("--deterministic needs TensorFlow's oneDNN kernels off, which only works before "
-                               "TensorFlow is imported: set TF_ENABLE_ONEDNN_OPTS=0 in the environment (train.py "
-                               "does it itself when --deterministic is on its command line).")
+            missing = {k: v for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
+            if missing:
+                raise PSLError("--deterministic needs oneDNN off and one CPU thread per pool, which only take "
+                               "effect before TensorFlow is imported: set "
+                               f"{' '.join(f'{k}={v}' for k, v in DETERMINISTIC_ENV.items())} in the environment "
+                               "(train.py does it itself when --deterministic is on its command line).")
             # Process-wide and one-way in TensorFlow: every later op in this process is deterministic too.
             tf.config.experimental.enable_op_determinism()
         if c.mixed_precision:
