@@ -25,7 +25,8 @@ Images are float32 in [0, 1] after the crop.
 """
 
 import keras
-import tensorflow as tf
+
+from psl_keras.lazy import tf
 
 _INT32_MAX = 2**31 - 1
 

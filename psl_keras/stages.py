@@ -15,12 +15,12 @@ Modes (the paper's ablations):
 import dataclasses
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from psl_keras import optim
 from psl_keras.config import MODES
 from psl_keras.errors import PSLError
+from psl_keras.lazy import tf
 
 DEFAULT_WINDOWS = ((1, 3), (2, 4), (3, 5))
 NUM_BLOCKS = 5

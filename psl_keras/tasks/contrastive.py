@@ -10,10 +10,10 @@ example's seed; `batch_transform` does the colour, blur and Sobel work on the wh
 """
 
 import keras
-import tensorflow as tf
 from keras import layers
 
 from psl_keras.augment import simclr_ladder
+from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative, positive_int
 from psl_keras.tasks.base import Task
 
@@ -44,7 +44,7 @@ class ContrastiveTask(Task):
             raise ValueError("temperature, projection_dim and strength must be positive.")
         if not (0 <= self.blur_rate <= 1 and 0 <= self.sobel_rate <= 1):
             raise ValueError("blur_rate and sobel_rate are probabilities in [0, 1].")
-        self.ladder = simclr_ladder(self.image_size, self.strength, self.crop_area, self.blur_rate, self.sobel_rate)
+        self._ladder = None
 
     def default_temperature(self):
         raise NotImplementedError
@@ -67,6 +67,15 @@ class ContrastiveTask(Task):
         view2, params2 = self.ladder.sample(image, second, level)
         params = tf.nest.map_structure(lambda a, b: tf.stack([a, b]), params1, params2)
         return {"views": tf.stack([view1, view2]), "params": params}, tf.constant(0, tf.int64)
+
+    @property
+    def ladder(self):
+        """The augmentation ladder, built on first use: its keras-cv layers are TensorFlow input pipeline, which
+        the heads and losses do not need (they also build under Keras on JAX)."""
+        if self._ladder is None:
+            self._ladder = simclr_ladder(self.image_size, self.strength, self.crop_area, self.blur_rate,
+                                         self.sobel_rate)
+        return self._ladder
 
     def batch_transform(self, level):
         size = self.image_size

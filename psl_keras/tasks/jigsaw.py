@@ -23,9 +23,9 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
+from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative_int
 from psl_keras.tasks.base import Task
 from psl_keras.tasks.rotation import resize_shorter_side

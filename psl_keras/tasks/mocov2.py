@@ -22,10 +22,10 @@ encoder's BatchNorm is never synchronised across replicas, whatever --sync_bn sa
 import math
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
 from psl_keras.errors import PSLError
+from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative_int, positive_int
 from psl_keras.tasks.contrastive import ContrastiveTask
 

@@ -12,8 +12,8 @@ the source image); reflection fills the sub-pixel border that bilinear sampling 
 
 import math
 
-import tensorflow as tf
 
+from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative_int
 from psl_keras.tasks.base import Task
 

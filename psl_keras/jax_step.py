@@ -1,0 +1,78 @@
+"""A stage's training step under Keras on JAX: the counterpart of `StageModel.train_step` (issue 13).
+
+The same StageModel, task and loss; what differs is how gradients and state updates are taken. The step is one
+pure function, compiled once per stage with `jax.jit`:
+
+- `jax.value_and_grad` differentiates the stage's variables only (its trained blocks and head): the blocks
+  before the window are inputs to the function, run in inference mode behind a stop-gradient, exactly as in
+  the TF step, so they cannot change;
+- BatchNorm's moving statistics and the optimizer's slots come out as new values (Keras' `StatelessScope`
+  and `optimizer.stateless_apply`), and are written back to the variables only when asked (`write_back`), e.g.
+  before a checkpoint or export.
+
+Imports no TensorFlow: it runs where only JAX is installed.
+"""
+
+import jax
+import keras
+from keras import ops
+
+from psl_keras import optim
+
+
+class JaxStageStep:
+    """`step(state, inputs, labels) -> (state, sums)` for one stage; `state` = (trained, others, optimizer).
+
+    `sums` are the batch's summed loss, correct predictions and example count, as the TF step returns them.
+    """
+
+    def __init__(self, stage_model, optimizer):
+        if stage_model.task_state is not None:
+            raise NotImplementedError(f"Task {stage_model.task.name} keeps stage state (a key encoder, a queue) "
+                                      f"that the JAX step does not update yet; train it with TensorFlow.")
+        self.model = stage_model
+        self.optimizer = optimizer
+        self.trained = list(stage_model.stage_variables)
+        optimizer.build(self.trained)
+        trained_ids = {id(v) for v in self.trained}
+        # Everything else the forward pass reads: frozen blocks (all their weights), moving statistics.
+        self.others = [v for v in stage_model.variables if id(v) not in trained_ids]
+        self.step = jax.jit(self._step, donate_argnums=(0,))
+
+    def initial_state(self):
+        return ([v.value for v in self.trained], [v.value for v in self.others],
+                [v.value for v in self.optimizer.variables])
+
+    def write_back(self, state):
+        """Copies a state's values into the Keras variables (for checkpoints, exports and evaluation)."""
+        trained, others, slots = state
+        for variable, value in zip(self.trained + self.others + list(self.optimizer.variables),
+                                   list(trained) + list(others) + list(slots)):
+            variable.assign(value)
+
+    def _loss(self, trained, others, inputs, labels):
+        model = self.model
+        mapping = list(zip(self.trained, trained)) + list(zip(self.others, others))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            features = model.frozen_features(inputs)
+            outputs = model.task.stage_outputs(model, features, training=True)
+            per_example, correct = model.task.objective(labels, outputs)
+            loss = ops.sum(per_example) / model.global_batch_size
+            if model.weight_decay:
+                loss = loss + optim.l2_penalty(self.trained, model.weight_decay)
+        # BatchNorm of the trained blocks updated its moving statistics inside the scope.
+        new_others = []
+        for variable, value in zip(self.others, others):
+            updated = scope.get_current_value(variable)
+            new_others.append(value if updated is None else updated)
+        return loss, (new_others, per_example, correct)
+
+    def _step(self, state, inputs, labels):
+        trained, others, slots = state
+        (_, (others, per_example, correct)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            trained, others, inputs, labels)
+        trained, slots = self.optimizer.stateless_apply(slots, grads, trained)
+        sums = {"loss": ops.sum(ops.cast(per_example, "float32")),
+                "correct": ops.sum(ops.cast(correct, "float32")),
+                "count": ops.cast(ops.shape(per_example)[0], "float32")}
+        return (trained, others, slots), sums

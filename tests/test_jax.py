@@ -1,0 +1,74 @@
+"""Keras on JAX (issue 13): the model code imports without TensorFlow, and a JAX stage step trains exactly the
+stage's blocks and head, within float32 rounding of the TF step from the same weights and batch."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+pytest.importorskip("jax")
+HELPER = os.path.join(REPO, "tests", "helpers", "stage_step.py")
+BLOCK_OF = {"conv1": "B1", "conv2": "B2", "conv3": "B3", "conv4": "B4", "conv5": "B5"}
+
+
+def run(code_or_args, backend, helper=False):
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    command = [sys.executable, HELPER, *code_or_args] if helper else [sys.executable, "-c", code_or_args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_model_code_imports_and_builds_without_tensorflow():
+    out = run("""
+import sys
+for name in ("tensorflow", "tensorflow_datasets", "keras_cv"):
+    sys.modules[name] = None  # any import of them now fails
+import keras
+from psl_keras import stages
+from psl_keras.backbones import backbone_blocks, build_backbone
+from psl_keras.jax_step import JaxStageStep
+from psl_keras.tasks import TASKS, build_task
+backbone = build_backbone("resnet18", 32, width=0.125)
+for name in TASKS:
+    task = build_task(name, 32, head_hidden=8, options={"set_sizes": "4,8,16"} if name == "jigsaw" else None)
+    for stage in stages.stage_plan("psl", 3):
+        head = task.build_head(stage.level, backbone_blocks(backbone)[stage.last_block - 1].output.shape[-1], "g")
+        stages.StageModel(backbone_blocks(backbone), stage, head, task, 8)
+print(keras.backend.backend(), "built")
+""", "jax")
+    assert out.strip().endswith("jax built")
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("stage_step"))
+    run([directory, "--init"], "tensorflow", helper=True)
+    for backend, count in (("jax", 0), ("jax", 1), ("tensorflow", 1), ("jax", 3)):
+        run([directory, f"--steps={count}"], backend, helper=True)
+    return {name[:-4]: dict(np.load(os.path.join(directory, name))) for name in os.listdir(directory)
+            if name.endswith(".npz") and name != "batches.npz"}
+
+
+def test_jax_step_trains_the_window_and_head_only(steps):
+    before, after = steps["jax_0"], steps["jax_3"]
+    changed = {key for key in before if key != "losses" and not np.array_equal(before[key], after[key])}
+    for key in before:
+        if key.startswith("backbone/"):
+            block = BLOCK_OF[key.split("/")[1].split("_")[0]]
+            if block in ("B1", "B5"):  # before the window (inference mode, no gradient); after it (never run)
+                assert key not in changed, key
+    assert any(k.startswith("backbone/conv2") for k in changed) and any(k.startswith("backbone/conv4") for k in changed)
+    assert any(k.startswith("head/") for k in changed)
+
+
+def test_jax_step_matches_the_tensorflow_step(steps):
+    jax_1, tf_1 = steps["jax_1"], steps["tensorflow_1"]
+    assert abs(jax_1["losses"][0] - tf_1["losses"][0]) <= 1e-5 * abs(tf_1["losses"][0])
+    for key in jax_1:
+        if key != "losses":
+            assert np.allclose(jax_1[key], tf_1[key], rtol=1e-5, atol=1e-5), key  # float32 rounding
