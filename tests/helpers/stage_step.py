@@ -1,8 +1,8 @@
 """Runs stage 2 of a tiny PSL rotation model for a few steps under one Keras backend, from saved weights.
 
   KERAS_BACKEND=tensorflow python tests/helpers/stage_step.py DIR --init   # writes DIR/{backbone,head}.keras, batch
-  KERAS_BACKEND=jax python tests/helpers/stage_step.py DIR --steps=1       # writes DIR/jax_1.npz
-  KERAS_BACKEND=tensorflow python tests/helpers/stage_step.py DIR          # writes DIR/tensorflow_3.npz
+  KERAS_BACKEND=jax python tests/helpers/stage_step.py DIR --record=0,1,3  # DIR/jax_{0,1,3}.npz: after 0, 1, 3 steps
+  KERAS_BACKEND=tensorflow python tests/helpers/stage_step.py DIR          # DIR/tensorflow_3.npz
 
 Both backends start from the same .keras files and the same batches, so their losses and weights can be
 compared (tests/test_jax.py).
@@ -24,7 +24,7 @@ from psl_keras.tasks import build_task  # noqa: E402
 STEPS = 3
 
 
-def main(directory, init, steps=STEPS):
+def main(directory, init, record=(STEPS,)):
     task = build_task("rotation", 32, head_hidden=16)
     stage = stages.stage_plan("psl", 3)[1]  # S2: B1 frozen, B2..B4 trained, B5 never runs
     if init:
@@ -43,26 +43,38 @@ def main(directory, init, steps=STEPS):
     model = stages.StageModel(backbone_blocks(backbone), stage, head, task, global_batch_size=16, weight_decay=5e-4)
     optimizer = optim.build_optimizer("sgd", 0.1, momentum=0.9, nesterov=True)
     batches = np.load(os.path.join(directory, "batches.npz"))
+    backend = keras.backend.backend()
+
+    def dump(count, losses):
+        weights = {f"backbone/{w.path}": np.asarray(w) for w in backbone.weights}
+        weights.update({f"head/{w.path}": np.asarray(w) for w in head.weights})
+        np.savez(os.path.join(directory, f"{backend}_{count}.npz"), losses=np.array(losses), **weights)
+
     losses = []
-    if keras.backend.backend() == "jax":
+    if backend == "jax":
         from psl_keras.jax_step import JaxStageStep
 
         step = JaxStageStep(model, optimizer)
         state = step.initial_state()
-        for inputs, labels in zip(batches["inputs"][:steps], batches["labels"][:steps]):
-            state, sums = step.step(state, inputs, labels)
-            losses.append(float(sums["loss"]))
-        step.write_back(state)
     else:
         model.compile(optimizer=optimizer)
         model.optimizer.build(model.stage_variables)
-        for inputs, labels in zip(batches["inputs"][:steps], batches["labels"][:steps]):
-            losses.append(float(model.train_step((inputs, labels))["loss"]))
-    weights = {f"backbone/{w.path}": np.asarray(w.numpy() if hasattr(w, "numpy") else w) for w in backbone.weights}
-    weights.update({f"head/{w.path}": np.asarray(w.numpy() if hasattr(w, "numpy") else w) for w in head.weights})
-    np.savez(os.path.join(directory, f"{keras.backend.backend()}_{steps}.npz"), losses=np.array(losses), **weights)
+    for count in range(max(record) + 1):
+        if count in record:
+            if backend == "jax":
+                step.write_back(state)
+                state = step.initial_state()  # write_back consumed nothing, but the jit donates its input
+            dump(count, losses)
+        if count == max(record):
+            break
+        inputs, labels = batches["inputs"][count], batches["labels"][count]
+        if backend == "jax":
+            state, sums = step.step(state, inputs, labels)
+        else:
+            sums = model.train_step((inputs, labels))
+        losses.append(float(sums["loss"]))
 
 
 if __name__ == "__main__":
-    steps = [int(a.split("=")[1]) for a in sys.argv if a.startswith("--steps=")]
-    main(sys.argv[1], "--init" in sys.argv, *steps)
+    record = [int(v) for a in sys.argv if a.startswith("--record=") for v in a.split("=")[1].split(",")]
+    main(sys.argv[1], "--init" in sys.argv, record or [STEPS])
