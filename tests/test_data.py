@@ -8,7 +8,7 @@ from PIL import Image
 from psl_keras import data
 from psl_keras.errors import PSLError
 
-from conftest import SHARED_TFDS, needs_cifar10
+from conftest import SHARED_TFDS, needs_cifar10, synthetic_images
 
 
 def test_missing_dataset_names_data_dir_and_how_to_prepare(tmp_path):
@@ -150,3 +150,20 @@ def test_a_streaming_tfds_shard_decodes_after_splitting_and_matches_the_old_shar
     new = list(source.shard(3, 1).take(6).as_numpy_iterator())
     old = list(source.dataset.shard(3, 1).take(6).as_numpy_iterator())
     assert all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(new, old))
+
+
+def test_array_datasets_round_trip_exactly_and_compress(tmp_path):
+    from psl_keras import arrays
+
+    images = synthetic_images(40, size=16, seed=5)
+    images[0, 0, 0] = [255, 0, 255]  # deltas that wrap around 0 / 255
+    labels = np.arange(40) % 3
+    path = str(tmp_path / "split.npz")
+    arrays.save_arrays(path, images, labels, "synthetic", "train", 3, ("a", "b", "c"))
+    loaded, loaded_labels, meta = arrays.load_arrays(path)
+    assert np.array_equal(loaded, images) and np.array_equal(loaded_labels, labels)
+    assert meta["class_names"] == ["a", "b", "c"] and meta["num_classes"] == 3
+    assert os.path.getsize(path) < images.nbytes / 2  # smooth images: deltas are mostly zero
+    (tmp_path / "bad.npz").write_bytes(b"not an array file")
+    with pytest.raises(PSLError, match="not an array dataset"):
+        arrays.load_arrays(str(tmp_path / "bad.npz"))

@@ -33,6 +33,7 @@ from psl_keras import stages
 from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.jax_step import JaxStageStep
 from psl_keras.tasks import TASKS, build_task
+from psl_keras import arrays  # array datasets load with NumPy alone
 backbone = build_backbone("resnet18", 32, width=0.125)
 for name in TASKS:
     task = build_task(name, 32, head_hidden=8, options={"set_sizes": "4,8,16"} if name == "jigsaw" else None)
