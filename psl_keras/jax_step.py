@@ -40,8 +40,11 @@ class JaxStageStep:
         self.step = jax.jit(self._step, donate_argnums=(0,))
 
     def initial_state(self):
-        return ([v.value for v in self.trained], [v.value for v in self.others],
-                [v.value for v in self.optimizer.variables])
+        """The variables' current values, copied: the step donates its state's buffers to its outputs, and the
+        variables must keep theirs."""
+        copy = jax.numpy.copy
+        return ([copy(v.value) for v in self.trained], [copy(v.value) for v in self.others],
+                [copy(v.value) for v in self.optimizer.variables])
 
     def write_back(self, state):
         """Copies a state's values into the Keras variables (for checkpoints, exports and evaluation)."""
