@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from psl_keras.tasks import build_task
 
 pytest.importorskip("jax")
 HELPER = os.path.join(REPO, "tests", "helpers", "stage_step.py")
@@ -23,12 +24,21 @@ def run(code_or_args, backend, helper=False):
     return result.stdout
 
 
-def test_model_code_imports_and_builds_without_tensorflow():
-    out = run("""
+def test_model_code_imports_and_builds_without_tensorflow(tmp_path):
+    # ... and the on-device rotation augmentation runs there, matching the TF pipeline's geometry.
+    from conftest import synthetic_images
+
+    images = synthetic_images(6, 32, seed=1)
+    rng = np.random.default_rng(0)
+    labels, flips = rng.integers(0, 8, 6), rng.integers(0, 2, 6)
+    offsets = rng.uniform(-1, 1, (6, 2)).astype("float32")
+    np.savez(tmp_path / "batch.npz", images=images, labels=labels, flips=flips, offsets=offsets)
+    out = run(f"""
 import sys
 for name in ("tensorflow", "tensorflow_datasets", "keras_cv"):
     sys.modules[name] = None  # any import of them now fails
 import keras
+import numpy as np
 from psl_keras import stages
 from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.jax_step import JaxStageStep
@@ -36,13 +46,23 @@ from psl_keras.tasks import TASKS, build_task
 from psl_keras import arrays  # array datasets load with NumPy alone
 backbone = build_backbone("resnet18", 32, width=0.125)
 for name in TASKS:
-    task = build_task(name, 32, head_hidden=8, options={"set_sizes": "4,8,16"} if name == "jigsaw" else None)
+    task = build_task(name, 32, head_hidden=8, options={{"set_sizes": "4,8,16"}} if name == "jigsaw" else None)
     for stage in stages.stage_plan("psl", 3):
         head = task.build_head(stage.level, backbone_blocks(backbone)[stage.last_block - 1].output.shape[-1], "g")
         stages.StageModel(backbone_blocks(backbone), stage, head, task, 8)
+batch = np.load("{tmp_path / 'batch.npz'}")
+rotated = build_task("rotation", 32).batch_rotate(batch["images"], batch["labels"], 3, batch["flips"],
+                                                   batch["offsets"])
+np.save("{tmp_path / 'rotated.npy'}", np.asarray(rotated))
 print(keras.backend.backend(), "built")
 """, "jax")
     assert out.strip().endswith("jax built")
+    import tensorflow as tf
+
+    task = build_task("rotation", 32)
+    reference = np.stack([np.clip(task.rotate(tf.image.convert_image_dtype(images[i], tf.float32), labels[i], 3,
+                                              flips[i], tf.constant(offsets[i])), 0, 1) for i in range(6)])
+    assert np.abs(np.load(tmp_path / "rotated.npy") - reference).max() < 1e-5
 
 
 @pytest.fixture(scope="module")

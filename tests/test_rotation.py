@@ -129,3 +129,20 @@ def test_preprocessing_label_is_the_angle_applied(level):
                      for flip in (0, 1)]
             assert min(np.abs(out - v).max() for v in views) < 1e-5, (level, label)
     assert labels == set(range(task.num_classes(level)))
+
+
+def test_batch_rotate_matches_the_per_example_pipeline():
+    # The keras.ops batch path (Keras on JAX feeds it from device memory) has the tf.data path's geometry.
+    from conftest import synthetic_images
+
+    images = synthetic_images(8, 32, seed=1)
+    rng = np.random.default_rng(0)
+    for resample in ("bilinear", "smooth"):
+        task = build_task("rotation", 32, options={"resample": resample})
+        for level in (1, 2, 3):
+            labels, flips = rng.integers(0, task.num_classes(level), 8), rng.integers(0, 2, 8)
+            offsets = rng.uniform(-1, 1, (8, 2)).astype("float32")
+            batch = np.asarray(task.batch_rotate(images, labels, level, flips, offsets))
+            single = [np.clip(task.rotate(tf.image.convert_image_dtype(images[i], tf.float32), labels[i], level,
+                                          flips[i], tf.constant(offsets[i])), 0, 1) for i in range(8)]
+            assert np.abs(batch - np.stack(single)).max() < 1e-5

@@ -168,3 +168,46 @@ class RotationTask(Task):
         config = super().get_config()
         config.update(resize_shorter=self.resize_shorter, crop_fraction=self.crop_fraction, resample=self.resample)
         return config
+
+    def batch_rotate(self, images, labels, level, flips, offsets):
+        """The rotation examples of a whole batch of same-size images, with `keras.ops` only: the on-device
+        input path of Keras on JAX (issue 13), where tf.data is absent. The same geometry as `rotate`
+        (tested against it) for images that need no resizing (the <=64 px setting).
+
+        images: uint8 or float [B, H, W, 3]; labels int [B] (angle k * 360 / |R_level|); flips {0, 1} [B];
+        offsets in [-1, 1] [B, 2]. Returns float32 [B, image_size, image_size, 3] in [0, 1].
+        """
+        from keras import ops  # here, not at the top: the TF input pipeline above must keep its line numbers
+
+        if self.resize_shorter:
+            raise NotImplementedError("batch_rotate serves images at their own size (<=64 px settings).")
+        images = ops.convert_to_tensor(images)
+        if images.dtype == "uint8":
+            images = ops.cast(images, "float32") / 255.0
+        height, width = float(images.shape[1]), float(images.shape[2])
+        inscribed = min(height, width) / math.sqrt(2.0)
+        window = inscribed * self.crop_fraction
+        offsets = ops.cast(offsets, "float32") * (inscribed - window) / 2.0
+        angle = ops.cast(labels, "float32") * (2.0 * math.pi / self.num_classes(level))
+        cos, sin = ops.cos(angle), ops.sin(angle)
+        mirror = 1.0 - 2.0 * ops.cast(flips, "float32")
+        m00, m01, m10, m11 = mirror * cos, -mirror * sin, sin, cos
+        scale = window / self.image_size
+        out_centre = (self.image_size - 1.0) / 2.0
+        a0, a1, b0, b1 = scale * m00, scale * m01, scale * m10, scale * m11
+        a2 = -(a0 + a1) * out_centre + m00 * offsets[:, 0] + m01 * offsets[:, 1] + (width - 1.0) / 2.0
+        b2 = -(b0 + b1) * out_centre + m10 * offsets[:, 0] + m11 * offsets[:, 1] + (height - 1.0) / 2.0
+        zeros = ops.zeros_like(a0)
+        transform = ops.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+        if images.shape[1] != self.image_size or images.shape[2] != self.image_size:
+            # affine_transform keeps the input size: sample into a canvas of the output size first
+            raise NotImplementedError("batch_rotate needs images of the output size (image_size x image_size).")
+        rotated = ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode="reflect")
+        if self.resample == "smooth":
+            taps = [math.exp(-(k * k) / (2.0 * self.SMOOTH_SIGMA ** 2)) for k in range(-2, 3)]
+            taps = ops.convert_to_tensor([t / sum(taps) for t in taps], "float32")
+            padded = ops.pad(rotated, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="reflect")
+            vertical = ops.tile(ops.reshape(taps, (5, 1, 1, 1)), (1, 1, 3, 1))
+            horizontal = ops.tile(ops.reshape(taps, (1, 5, 1, 1)), (1, 1, 3, 1))
+            rotated = ops.depthwise_conv(ops.depthwise_conv(padded, vertical), horizontal)
+        return ops.clip(rotated, 0.0, 1.0)
