@@ -69,7 +69,7 @@ class ImageSource:
     @classmethod
     def from_arrays(cls, name, images, labels=None, num_classes=None, split="train"):
         """An in-memory source, e.g. synthetic data in tests. Images of any dtype and 1, 3 or 4 channels are
-        brought to RGB uint8 first (psl_keras.images.as_rgb_uint8: floats as [0, 1])."""
+        brought to RGB uint8 first (psl_keras.images.as_rgb_uint8: floats as [0, 1], or [0, 255] if larger)."""
         from psl_keras.images import as_rgb_uint8
 
         images = np.asarray(images)

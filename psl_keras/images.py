@@ -40,7 +40,8 @@ def as_rgb_uint8(array):
     """Any image array -> RGB uint8 [..., H, W, 3] (a batch keeps its leading axes).
 
     [H, W] or one channel: grey, repeated; 4 channels: RGBA composited over white; uint16: the top 8 bits;
-    bool: 0/255; float: the Keras convention [0, 1], clipped (NaN as 0); other integers clipped to [0, 255].
+    bool: 0/255; float: [0, 1] when no finite value exceeds 1, else [0, 255] (both conventions are common),
+    clipped and rounded, NaN as 0; other integers clipped to [0, 255].
     """
     array = np.asarray(array)
     if array.ndim < 2:
@@ -50,8 +51,10 @@ def as_rgb_uint8(array):
     if array.dtype == np.bool_:
         values = array.astype(np.float64) * 255.0
     elif np.issubdtype(array.dtype, np.floating):
-        values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
-        values = np.clip(values, 0.0, 1.0) * 255.0
+        values = array.astype(np.float64)
+        finite = values[np.isfinite(values)]
+        top = 255.0 if finite.size and finite.max() > 1.0 else 1.0
+        values = np.clip(np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0), 0.0, top) * (255.0 / top)
     elif array.dtype == np.uint16:
         values = array.astype(np.float64) / 257.0
     elif array.dtype == np.uint8:

@@ -188,7 +188,7 @@ class RotationTask(Task):
         inscribed = min(height, width) / math.sqrt(2.0)
         window = inscribed * self.crop_fraction
         offsets = ops.cast(offsets, "float32") * (inscribed - window) / 2.0
-        angle = ops.cast(labels, "float32") * (2.0 * math.pi / self.num_classes(level))
+        angle = ops.cast(labels, "float32") * math.radians(360.0 / self.num_classes(level))
         cos, sin = ops.cos(angle), ops.sin(angle)
         mirror = 1.0 - 2.0 * ops.cast(flips, "float32")
         m00, m01, m10, m11 = mirror * cos, -mirror * sin, sin, cos
