@@ -39,8 +39,9 @@ def train(output_dir, folder, kill_at=None, resume=False):
         env["PSL_KERAS_KILL_AT"] = f"{kill_at[0]}:{kill_at[1]}"
     flags = ["--task=rotation", f"--dataset=folder:{folder}", "--backbone=resnet18", "--width=0.125",
              "--image_size=32", "--head_hidden=16", "--batch_size=16", "--epochs_per_stage=2", "--steps_per_epoch=3",
-             "--checkpoint_every_steps=1", "--knn_monitor", "--knn_bank_size=0", "--deterministic",
-             f"--output_dir={output_dir}"]
+             "--checkpoint_every_steps=1", "--knn_bank_size=0", "--deterministic", f"--output_dir={output_dir}"]
+    if kill_at and kill_at[0] == "knn_monitor":  # the monitor changes no weights and may differ on --resume
+        flags.append("--knn_monitor")
     return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *flags, *(["--resume"] if resume else [])],
                           capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
 
