@@ -79,3 +79,21 @@ class JaxStageStep:
                 "correct": ops.sum(ops.cast(correct, "float32")),
                 "count": ops.cast(ops.shape(per_example)[0], "float32")}
         return (trained, others, slots), sums
+
+
+def data_parallel(state, inputs, labels, devices=None):
+    """Places a step's state (replicated) and batch (split along the batch axis) on several local devices.
+
+    `jax.jit` then partitions the step over them (SPMD) while its math stays that of the whole batch, BatchNorm
+    statistics included: a 2-device step gives the 1-device result up to float rounding (tested on 2 CPU
+    devices, `XLA_FLAGS=--xla_force_host_platform_device_count=2`). The batch must divide by the device count.
+    """
+    import numpy as np
+
+    devices = list(devices or jax.devices())
+    if len(inputs) % len(devices):
+        raise ValueError(f"a batch of {len(inputs)} does not split over {len(devices)} devices")
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    return jax.device_put(state, replicated), jax.device_put(inputs, split), jax.device_put(labels, split)

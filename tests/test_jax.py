@@ -16,8 +16,8 @@ HELPER = os.path.join(REPO, "tests", "helpers", "stage_step.py")
 BLOCK_OF = {"conv1": "B1", "conv2": "B2", "conv3": "B3", "conv4": "B4", "conv5": "B5"}
 
 
-def run(code_or_args, backend, helper=False):
-    env = dict(os.environ, KERAS_BACKEND=backend)
+def run(code_or_args, backend, helper=False, **env_extra):
+    env = dict(os.environ, KERAS_BACKEND=backend, **env_extra)
     command = [sys.executable, HELPER, *code_or_args] if helper else [sys.executable, "-c", code_or_args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -71,6 +71,8 @@ def steps(tmp_path_factory):
     run([directory, "--init"], "tensorflow", helper=True)
     run([directory, "--record=0,1,3"], "jax", helper=True)
     run([directory, "--record=1"], "tensorflow", helper=True)
+    run([directory, "--record=1"], "jax", helper=True, STAGE_STEP_DEVICES="2",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2")
     return {name[:-4]: dict(np.load(os.path.join(directory, name))) for name in os.listdir(directory)
             if name.endswith(".npz") and name != "batches.npz"}
 
@@ -93,3 +95,12 @@ def test_jax_step_matches_the_tensorflow_step(steps):
     for key in jax_1:
         if key != "losses":
             assert np.allclose(jax_1[key], tf_1[key], rtol=1e-5, atol=1e-5), key  # float32 rounding
+
+
+def test_a_two_device_jax_step_equals_the_one_device_step(steps):
+    # The batch split over 2 CPU devices, the state replicated: the same loss and update as on one device.
+    one, two = steps["jax_1"], steps["jax_1_2dev"]
+    assert abs(one["losses"][0] - two["losses"][0]) <= 1e-5 * abs(one["losses"][0])
+    for key in one:
+        if key != "losses":
+            assert np.allclose(one[key], two[key], rtol=1e-5, atol=1e-5), key

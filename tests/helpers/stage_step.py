@@ -48,11 +48,13 @@ def main(directory, init, record=(STEPS,)):
     def dump(count, losses):
         weights = {f"backbone/{w.path}": np.asarray(w) for w in backbone.weights}
         weights.update({f"head/{w.path}": np.asarray(w) for w in head.weights})
-        np.savez(os.path.join(directory, f"{backend}_{count}.npz"), losses=np.array(losses), **weights)
+        suffix = f"_{devices}dev" if devices > 1 else ""
+        np.savez(os.path.join(directory, f"{backend}_{count}{suffix}.npz"), losses=np.array(losses), **weights)
 
     losses = []
+    devices = int(os.environ.get("STAGE_STEP_DEVICES", "1"))
     if backend == "jax":
-        from psl_keras.jax_step import JaxStageStep
+        from psl_keras.jax_step import JaxStageStep, data_parallel
 
         step = JaxStageStep(model, optimizer)
         state = step.initial_state()
@@ -69,6 +71,11 @@ def main(directory, init, record=(STEPS,)):
             break
         inputs, labels = batches["inputs"][count], batches["labels"][count]
         if backend == "jax":
+            if devices > 1:
+                import jax
+
+                assert len(jax.devices()) == devices, jax.devices()
+                state, inputs, labels = data_parallel(state, inputs, labels)
             state, sums = step.step(state, inputs, labels)
         else:
             sums = model.train_step((inputs, labels))
