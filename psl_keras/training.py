@@ -101,13 +101,7 @@ class Trainer:
                 f"--batch_size={c.batch_size} is the global batch and must divide evenly over "
                 f"{self.strategy.num_replicas_in_sync} replicas."
             )
-        if c.epochs_per_stage < 1:
-            raise PSLError(f"--epochs_per_stage must be at least 1, got {c.epochs_per_stage}.")
-        if c.steps_per_epoch < 0:
-            raise PSLError(f"--steps_per_epoch must be 0 (full epochs) or a positive cap, got {c.steps_per_epoch}.")
         optim.parse_pattern(c.schedule_pattern)
-        if c.e2e_epochs < 0:
-            raise PSLError(f"--e2e_epochs must be 0 (the stages' sum) or positive, got {c.e2e_epochs}.")
         self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
         self.plan = stages.stage_plan(c.mode, self.task.num_levels, stages.parse_windows(c.stage_windows))
         self.epochs = dict(zip((s.index for s in self.plan), stage_epochs(c)))
@@ -270,13 +264,7 @@ class Trainer:
     def _recovered_result(self, stage, state, steps_per_epoch):
         """The result of a stage whose process died after its last epoch was saved (timings and the kNN
         monitor of that process are lost; loss and accuracy were saved with the epoch)."""
-        logs = state.epoch_logs or {}
-        return {"stage": stage.index, "blocks": list(stage.trained_blocks), "last_block": f"B{stage.last_block}",
-                "level": stage.level, "task_level": self.task.describe_level(stage.level),
-                "epochs": self.epochs[stage.index], "steps_per_epoch": steps_per_epoch,
-                "final_loss": logs.get("loss"), "final_accuracy": logs.get("accuracy"), "wall_time_s": None,
-                "images_per_sec": None, "knn_accuracy": None, "backbone_file": stage_backbone_file(stage.index),
-                "head_file": stage_head_file(stage.index), "recovered": True}
+        return {**self._stage_result(stage, steps_per_epoch, state.epoch_logs or {}), "recovered": True}
 
     def _restore_backbone(self, state):
         checkpoint = tf.train.Checkpoint(backbone=self.backbone)
@@ -385,18 +373,23 @@ class Trainer:
             if self.chief and self.config.knn_monitor:
                 knn_accuracy = self._knn_monitor().last_accuracy
         callbacks.on_train_end(logs)
+        return self._stage_result(stage, steps_per_epoch, logs, time.time() - stage_start,
+                                  images / busy_time if busy_time else None, knn_accuracy)
+
+    def _stage_result(self, stage, steps_per_epoch, logs, wall_time=None, images_per_sec=None, knn_accuracy=None):
+        """A finished stage's entry in summary.json."""
         return {
             "stage": stage.index,
             "blocks": list(stage.trained_blocks),
             "last_block": f"B{stage.last_block}",
             "level": stage.level,
             "task_level": self.task.describe_level(stage.level),
-            "epochs": epochs,
+            "epochs": self.epochs[stage.index],
             "steps_per_epoch": steps_per_epoch,
             "final_loss": logs.get("loss"),
             "final_accuracy": logs.get("accuracy"),
-            "wall_time_s": time.time() - stage_start,
-            "images_per_sec": images / busy_time if busy_time else None,
+            "wall_time_s": wall_time,
+            "images_per_sec": images_per_sec,
             "knn_accuracy": knn_accuracy,
             "backbone_file": stage_backbone_file(stage.index),
             "head_file": stage_head_file(stage.index),

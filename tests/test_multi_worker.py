@@ -22,32 +22,45 @@ def _free_ports(count):
     return ports
 
 
-def test_two_workers_train_one_run(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
+def _image_folder(root, count=64):
+    root.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(64):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    out_dir = tmp_path / "run"
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def _start_workers(images, out_dir, epochs_per_stage, resume=False, kill_worker_1_at=None):
+    """Two train.py workers on fresh 127.0.0.1 ports; worker 1 may SIGKILL itself (psl_keras.faults)."""
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
     for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        env = {k: v for k, v in os.environ.items() if k != "PSL_KERAS_KILL_AT"}
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        if kill_worker_1_at and index == 1:
+            env["PSL_KERAS_KILL_AT"] = kill_worker_1_at
         procs.append(subprocess.Popen(
             [sys.executable, os.path.join(REPO, "train.py"), "--strategy=multi_worker",
              f"--dataset=folder:{images}", "--backbone=resnet18", "--width=0.125", "--head_hidden=16",
-             "--batch_size=16", "--epochs_per_stage=1", "--steps_per_epoch=2", f"--output_dir={out_dir}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO))
-    outputs = []
+             "--batch_size=16", f"--epochs_per_stage={epochs_per_stage}", "--steps_per_epoch=2",
+             f"--output_dir={out_dir}", *(["--resume"] if resume else [])],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO))
+    return procs
+
+
+def _finish(procs):
     try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=300))
+        errors = [proc.communicate(timeout=300)[1] for proc in procs]
     finally:
         for proc in procs:
             proc.kill()
-    for proc, (_, err) in zip(procs, outputs):
+    for proc, err in zip(procs, errors):
         assert proc.returncode == 0, err[-4000:]
+
+
+def test_two_workers_train_one_run(tmp_path):
+    out_dir = tmp_path / "run"
+    _finish(_start_workers(_image_folder(tmp_path / "images"), out_dir, epochs_per_stage=1))
     with open(out_dir / "summary.json") as f:
         summary = json.load(f)
     assert summary["strategy"] == {"name": "multi_worker", "replicas": 2}
@@ -62,30 +75,8 @@ def test_a_worker_killed_mid_run_then_both_resumed_finish_the_run(tmp_path):
     import signal
     import time
 
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(64):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    out_dir = tmp_path / "run"
-
-    def start(kill_worker_1=False, resume=False):
-        workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-        procs = []
-        for index in range(2):
-            env = {k: v for k, v in os.environ.items() if k != "PSL_KERAS_KILL_AT"}
-            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-            if kill_worker_1 and index == 1:
-                env["PSL_KERAS_KILL_AT"] = "after_checkpoint:3"
-            procs.append(subprocess.Popen(
-                [sys.executable, os.path.join(REPO, "train.py"), "--strategy=multi_worker",
-                 f"--dataset=folder:{images}", "--backbone=resnet18", "--width=0.125", "--head_hidden=16",
-                 "--batch_size=16", "--epochs_per_stage=2", "--steps_per_epoch=2", f"--output_dir={out_dir}",
-                 *(["--resume"] if resume else [])],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO))
-        return procs
-
-    procs = start(kill_worker_1=True)
+    images, out_dir = _image_folder(tmp_path / "images"), tmp_path / "run"
+    procs = _start_workers(images, out_dir, epochs_per_stage=2, kill_worker_1_at="after_checkpoint:3")
     try:
         assert procs[1].wait(timeout=300) == -signal.SIGKILL
         time.sleep(2)
@@ -99,14 +90,7 @@ def test_a_worker_killed_mid_run_then_both_resumed_finish_the_run(tmp_path):
         state = json.load(f)
     assert (state["stage"], state["epoch"]) in ((2, 1), (2, 0))  # the chief's last record, before or at the kill
 
-    procs = start(resume=True)
-    try:
-        errors = [proc.communicate(timeout=300)[1] for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for proc, err in zip(procs, errors):
-        assert proc.returncode == 0, err[-4000:]
+    _finish(_start_workers(images, out_dir, epochs_per_stage=2, resume=True))
     with open(out_dir / "summary.json") as f:
         summary = json.load(f)
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
