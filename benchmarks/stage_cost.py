@@ -25,42 +25,14 @@ import tensorflow as tf  # noqa: E402
 
 from psl_keras import stages  # noqa: E402
 from psl_keras.backbones import BLOCK_NAMES, backbone_blocks, build_backbone  # noqa: E402
+from psl_keras.flops import macs_per_block, predicted_ratio  # noqa: E402
 from psl_keras.tasks import build_task  # noqa: E402
 
 SETTINGS = {
     "resnet50": dict(backbone="resnet50", image_size=224, batch=16, width=1.0),
     "cifar": dict(backbone="resnet18", image_size=32, batch=256, width=1.0),
+    "cifar_small": dict(backbone="resnet18", image_size=32, batch=512, width=0.5),
 }
-
-
-def block_macs(block):
-    """Multiply-adds of one forward pass of a block sub-model, from its convolution and dense layers."""
-    total = 0
-    for layer in block.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw = layer.kernel_size
-            total += h * w * kh * kw * layer.input.shape[-1] * c_out
-        elif isinstance(layer, keras.layers.Dense):
-            total += layer.input.shape[-1] * layer.units
-    return total
-
-
-def macs_per_block(backbone, image_size):
-    """Forward multiply-adds of B1..B5 at `image_size` (blocks rebuilt with fixed shapes to read sizes)."""
-    macs, shape = [], (image_size, image_size, 3)
-    for block in backbone_blocks(backbone):
-        fixed = keras.models.clone_model(block, input_tensors=keras.Input(shape))
-        macs.append(block_macs(fixed))
-        shape = tuple(fixed.output.shape[1:])
-    return macs
-
-
-def predicted_ratio(stage, macs):
-    """FLOPs of a stage step over an E2E step: frozen blocks forward only, trained blocks x3."""
-    frozen = sum(macs[: stage.first_trained - 1])
-    trained = sum(macs[stage.first_trained - 1: stage.last_block])
-    return (frozen + 3 * trained) / (3 * sum(macs))
 
 
 def time_stage(blocks, task, stage, inputs, labels, steps, jit_compile):
@@ -109,7 +81,7 @@ def run_setting(name, steps, jit_compile, mixed_precision):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="resnet50,cifar", help="comma-separated: resnet50, cifar")
+    parser.add_argument("--settings", default="resnet50,cifar", help="comma-separated: resnet50, cifar, cifar_small")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--jit_compile", action="store_true", help="compile steps with XLA")
     parser.add_argument("--mixed_precision", action="store_true", help="mixed_bfloat16 policy")

@@ -183,10 +183,13 @@ def _load_tfds(name, data_dir, split, download=False, verbose=True):
             f"--nodownload is set. " + _prepare_hint(name, data_dir)
         )
     splits = builder.info.splits
-    if split not in splits:
+    try:  # a split name, or TFDS's slicing syntax: train[:10000], train[10%:], train[:5000]+test
+        num_examples = splits[split].num_examples
+    except (KeyError, ValueError, AssertionError):
         raise PSLError(
-            f"Dataset {name!r} has no split {split!r}; it has: {', '.join(sorted(splits.keys()))}."
-        )
+            f"Dataset {name!r} has no split {split!r}; it has: {', '.join(sorted(splits.keys()))} (slices such as "
+            f"train[:10000] or train[:10%] work too)."
+        ) from None
     features = builder.info.features
     image_key = next(
         (key for key, feature in features.items() if isinstance(feature, tfds.features.Image)), None
@@ -239,7 +242,6 @@ def _load_tfds(name, data_dir, split, download=False, verbose=True):
         column = column.map(lambda example: example[id_key]).batch(8192)
         return np.array([i.decode() for batch in column.as_numpy_iterator() for i in batch])
 
-    num_examples = splits[split].num_examples
     source = ImageSource(name, split, num_examples, num_classes, image_shape, dataset=data,
                          multi_label=multi_label, ids=read_ids, class_names=class_names, encoded=encoded,
                          decoder=decoder)

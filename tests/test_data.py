@@ -51,6 +51,11 @@ def test_cifar10_loads_in_memory_with_labels():
     assert np.bincount(labels).tolist() == [500] * 10
     with pytest.raises(PSLError, match="no split 'validation'"):
         data.load_images("cifar10", SHARED_TFDS, "validation")
+    # TFDS slicing: the first examples of a split, in the split's order
+    head = data.load_images("cifar10", SHARED_TFDS, "test[:300]")
+    assert head.num_examples == 300 and np.array_equal(head.arrays[0], images[:300])
+    with pytest.raises(PSLError, match=r"no split 'test\[:abc\]'"):
+        data.load_images("cifar10", SHARED_TFDS, "test[:abc]")
 
 
 def _write_folder(root, corrupt=False):
