@@ -20,6 +20,12 @@ if any(arg in ("--deterministic", "--deterministic=true", "--deterministic=True"
     from psl_keras.config import DETERMINISTIC_ENV
 
     os.environ.update(DETERMINISTIC_ENV)
+# --backend picks Keras' backend, which Keras reads once, when it is first imported.
+for _i, _arg in enumerate(sys.argv[1:], start=1):
+    _value = _arg.split("=", 1)[1] if _arg.startswith("--backend=") else (
+        sys.argv[_i + 1] if _arg == "--backend" and _i + 1 < len(sys.argv) else None)
+    if _value in ("tensorflow", "jax"):  # anything else is refused by the flag's parser
+        os.environ["KERAS_BACKEND"] = _value
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -65,6 +71,8 @@ def explicit_settings():
     """The TrainConfig fields the user set on the command line."""
     names = [name for name in TrainConfig().to_dict() if name in FLAGS]
     settings = {name: FLAGS[name].value for name in names if FLAGS[name].present}
+    if "backend" not in settings and os.environ.get("KERAS_BACKEND") == "jax":
+        settings["backend"] = "jax"  # KERAS_BACKEND=jax python train.py ... means --backend jax
     task = settings.get("task", FLAGS.task)
     if task in TASKS:
         settings["task_options"] = {
@@ -75,29 +83,46 @@ def explicit_settings():
     return settings
 
 
+def _tensorflow_error(name):
+    """tf.errors.NAME where TensorFlow is loaded, else a class nothing raises (--backend jax without TF)."""
+    tf = sys.modules.get("tensorflow")
+    return getattr(tf.errors, name) if tf is not None and hasattr(tf, "errors") else type(name, (Exception,), {})
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep tf.distribute's per-step INFO lines off the progress bar
-    import tensorflow as tf
+    import keras
 
-    from psl_keras import distribute
     from psl_keras.config import resolve_config
     from psl_keras.errors import PSLError
-    from psl_keras.training import Trainer
 
+    chief = True
     try:
         config = resolve_config(FLAGS.config, explicit_settings())
-        strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
-        summary = Trainer(config, strategy, resume=FLAGS.resume).train()
+        if config.backend != keras.backend.backend():
+            raise PSLError(f"--backend {config.backend}, but Keras was loaded on {keras.backend.backend()} "
+                           f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND', '')!r}); give one of them only.")
+        if config.backend == "jax":  # no TensorFlow needed
+            from psl_keras.jax_training import JaxTrainer
+
+            summary = JaxTrainer(config, resume=FLAGS.resume).train()
+        else:
+            from psl_keras import distribute
+            from psl_keras.training import Trainer
+
+            strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+            chief = distribute.is_chief(strategy)
+            summary = Trainer(config, strategy, resume=FLAGS.resume).train()
     except PSLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except tf.errors.ResourceExhaustedError:
+    except _tensorflow_error("ResourceExhaustedError"):
         print(f"error: out of memory at --batch_size={FLAGS.batch_size}. Lower --batch_size (it is the global "
               f"batch) or use more replicas, then continue with --resume.", file=sys.stderr)
         return 2
-    except tf.errors.DataLossError as err:
+    except _tensorflow_error("DataLossError") as err:
         print(f"error: the dataset files are damaged ({err.message.splitlines()[0]}). Prepare the dataset "
               f"again in --data_dir, then continue with --resume.", file=sys.stderr)
         return 2
@@ -105,7 +130,7 @@ def main(argv):
         print(f"\nInterrupted. Continue with the same flags plus --resume (run: {FLAGS.output_dir}).",
               file=sys.stderr)
         return 130
-    if summary is not None and distribute.is_chief(strategy):
+    if summary is not None and chief:
         for s in summary["stages"]:
             print(f"S{s['stage']} ({s['task_level']}): loss {s['final_loss']:.4f}, "
                   f"accuracy {s['final_accuracy']:.4f}, {s['wall_time_s']:.0f}s")

@@ -18,6 +18,25 @@ import time
 import numpy as np
 
 FORMAT = "psl-keras-arrays/2"
+PREFIX = "arrays:"  # --dataset arrays:FILE
+
+
+class ArraySource:
+    """A split held as arrays (uint8 images [N, H, W, 3], int labels [N]): what the JAX trainer reads. It has
+    the fields of `data.ImageSource` that the trainer and summary.json use."""
+
+    def __init__(self, images, labels, name, split, num_classes=0, class_names=()):
+        self.images, self.labels = images, labels
+        self.name, self.split = name, split
+        self.num_examples = len(images)
+        self.num_classes, self.class_names = int(num_classes), tuple(class_names)
+        self.image_shape = tuple(images.shape[1:])
+        self.unreadable = {}
+
+    @classmethod
+    def from_file(cls, path):
+        images, labels, meta = load_arrays(path)
+        return cls(images, labels, meta["name"], meta["split"], meta["num_classes"], meta["class_names"])
 
 
 def _med(left, up, up_left):

@@ -23,6 +23,7 @@ STEMS = ("auto", "imagenet", "cifar")
 SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "lars")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+BACKENDS = ("tensorflow", "jax")
 
 
 @dataclasses.dataclass
@@ -40,7 +41,7 @@ class TrainConfig:
     sync_bn: bool = setting(False, "Synchronise BatchNorm statistics across replicas.")
     head_hidden: int = setting(256, "Hidden units of the stage heads.", allowed=positive_int())
     stage_windows: str = setting("1-3,2-4,3-5", "Stage windows over blocks B1..B5.")
-    dataset: str = setting("cifar10", "TFDS dataset name, or folder:PATH.")
+    dataset: str = setting("cifar10", "TFDS dataset name, folder:PATH, or arrays:FILE (python -m psl_keras.arrays).")
     data_dir: str = setting("", "TFDS data directory (default: TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     split: str = setting("train", "Split to train on.")
     download: bool = setting(True, "Download and prepare a TFDS dataset missing from --data_dir "
@@ -70,6 +71,8 @@ class TrainConfig:
     deterministic: bool = setting(False, "Bit-reproducible runs on one machine: one CPU thread per pool, oneDNN "
                                          "off, deterministic kernels (slower; benchmarks/determinism.py).")
     strategy: str = setting("default", "tf.distribute strategy.", STRATEGIES)
+    backend: str = setting("tensorflow", "Keras backend. jax: one process over its local devices (rotation), "
+                                         "--dataset arrays:FILE where TensorFlow is absent.", BACKENDS)
     cpu_replicas: int = setting(0, "Split the CPU into this many logical devices (multi-replica runs without GPUs).",
                                 allowed=Range(0, 256, integer=True))
     output_dir: str = setting("runs/psl", "Run directory.")

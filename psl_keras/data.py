@@ -9,11 +9,13 @@ import dataclasses
 import os
 
 import numpy as np
-import tensorflow as tf
 
+from psl_keras import arrays as arrays_lib
 from psl_keras.errors import PSLError
+from psl_keras.lazy import tf
 
 FOLDER_PREFIX = "folder:"
+ARRAYS_PREFIX = arrays_lib.PREFIX
 # Splits of fixed-shape images up to this size are decoded once and kept in memory (CIFAR-10 train is
 # 150 MB): a perfect per-epoch shuffle then costs a permutation instead of refilling a shuffle buffer.
 IN_MEMORY_BYTES = 2 * 1024**3
@@ -32,7 +34,7 @@ class ImageSource:
     num_examples: int
     num_classes: int  # 0 when the data carries no labels (labels are then -1)
     image_shape: tuple = None  # (H, W, 3) when every image has the same shape, else None
-    dataset: tf.data.Dataset = None
+    dataset: object = None  # a tf.data.Dataset
     arrays: tuple = None
     multi_label: bool = False  # labels are multi-hot [num_classes] vectors (e.g. VOC2007's "labels")
     ids: object = None  # np.ndarray of example ids (str), or a callable that reads them, or None
@@ -40,7 +42,7 @@ class ImageSource:
     unreadable: dict = dataclasses.field(default_factory=dict)  # folder files left out: {path: why}
     # Streaming sources: the examples before image decoding, and the function that decodes such a dataset, so a
     # worker of a multi-worker run decodes only its shard (`shard`).
-    encoded: tf.data.Dataset = None
+    encoded: object = None  # a tf.data.Dataset
     decoder: object = None
 
     def shard(self, count, index):
@@ -153,6 +155,9 @@ def load_images(dataset, data_dir=None, split="train", on_bad_image="skip", min_
     below `min_side` are upscaled to it."""
     if dataset.startswith(FOLDER_PREFIX):
         return _load_folder(dataset[len(FOLDER_PREFIX):], split, on_bad_image, min_side, verbose)
+    if dataset.startswith(ARRAYS_PREFIX):  # one split exported by psl_keras.arrays (`split` is the file's)
+        arrays = arrays_lib.ArraySource.from_file(dataset[len(ARRAYS_PREFIX):])
+        return ImageSource.from_arrays(arrays.name, arrays.images, arrays.labels, arrays.num_classes, arrays.split)
     return _load_tfds(dataset, data_dir or default_data_dir(), split, download, verbose)
 
 

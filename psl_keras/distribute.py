@@ -7,10 +7,9 @@
 import json
 import os
 
-import tensorflow as tf
-
 from psl_keras.config import STRATEGIES
 from psl_keras.errors import PSLError
+from psl_keras.lazy import tf
 
 
 def split_cpu(num_devices):

@@ -33,7 +33,8 @@ class JaxStageStep:
         self.model = stage_model
         self.optimizer = optimizer
         self.trained = list(stage_model.stage_variables)
-        optimizer.build(self.trained)
+        if not optimizer.built:
+            optimizer.build(self.trained)
         trained_ids = {id(v) for v in self.trained}
         # Everything else the forward pass reads: frozen blocks (all their weights), moving statistics.
         self.others = [v for v in stage_model.variables if id(v) not in trained_ids]
@@ -47,11 +48,19 @@ class JaxStageStep:
                 [copy(v.value) for v in self.optimizer.variables])
 
     def write_back(self, state):
-        """Copies a state's values into the Keras variables (for checkpoints, exports and evaluation)."""
+        """Copies a state's values into the Keras variables (for checkpoints, exports and evaluation). Copies:
+        the next step donates the state's buffers."""
         trained, others, slots = state
+        copy = jax.numpy.copy
         for variable, value in zip(self.trained + self.others + list(self.optimizer.variables),
                                    list(trained) + list(others) + list(slots)):
-            variable.assign(value)
+            variable.assign(copy(value))
+
+    def write_back_iterations(self, state):
+        """Copies only the optimizer's step counter (what the learning-rate schedule reads)."""
+        for variable, value in zip(self.optimizer.variables, state[2]):
+            if variable is self.optimizer.iterations:
+                variable.assign(jax.numpy.copy(value))
 
     def _loss(self, trained, others, inputs, labels):
         model = self.model
@@ -81,6 +90,14 @@ class JaxStageStep:
         return (trained, others, slots), sums
 
 
+def split_sharding(devices):
+    """Arrays split along their first (batch) axis over `devices`."""
+    import numpy as np
+
+    mesh = jax.sharding.Mesh(np.array(list(devices)), ("batch",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+
+
 def data_parallel(state, inputs, labels, devices=None):
     """Places a step's state (replicated) and batch (split along the batch axis) on several local devices.
 
@@ -91,9 +108,10 @@ def data_parallel(state, inputs, labels, devices=None):
     import numpy as np
 
     devices = list(devices or jax.devices())
-    if len(inputs) % len(devices):
+    if inputs is not None and len(inputs) % len(devices):
         raise ValueError(f"a batch of {len(inputs)} does not split over {len(devices)} devices")
     mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    return jax.device_put(state, replicated), jax.device_put(inputs, split), jax.device_put(labels, split)
+    split = split_sharding(devices)
+    place = lambda x: None if x is None else jax.device_put(x, split)  # noqa: E731
+    return jax.device_put(state, replicated), place(inputs), place(labels)

@@ -6,7 +6,7 @@
 
 import time
 
-import tensorflow as tf
+from psl_keras.lazy import tf
 
 
 class Interrupted(KeyboardInterrupt):

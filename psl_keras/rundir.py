@@ -46,6 +46,12 @@ def write_json_atomic(path, payload):
     _fsync_directory(directory)
 
 
+def fsync_file(f):
+    """Puts an open file's written bytes on disk (before it is renamed into place)."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def _fsync_directory(directory):
     """Makes a rename durable: after a power cut the directory holds the new name, not the old one."""
     try:

@@ -4,8 +4,11 @@ One loop serves every strategy, multi-worker included (where Keras 3's `fit()` f
 dataset per epoch, a `tf.function` that calls `strategy.run(stage_model.train_step)`, sums all-reduced for
 logging, `keras.utils.Progbar` and a `keras.callbacks.CallbackList` (CSV, TensorBoard, user callbacks).
 
-The run directory and its progress state are `psl_keras.rundir.RunDirectory` and `RunState`.
+The run directory and its progress state are `psl_keras.rundir.RunDirectory` and `RunState`. What depends on
+the Keras backend (devices, checkpoints, the step, the input pipeline) sits in one section of `Trainer`;
+`psl_keras.jax_training.JaxTrainer` overrides it to train the same stage sequence under Keras on JAX.
 """
+
 
 import dataclasses
 import os
@@ -13,7 +16,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from psl_keras import data as data_lib
 from psl_keras import distribute, loop, optim, stages
@@ -22,6 +24,7 @@ from psl_keras.callbacks import RunCSVLogger
 from psl_keras.config import DETERMINISTIC_ENV, TrainConfig
 from psl_keras.errors import PSLError
 from psl_keras.faults import kill_point
+from psl_keras.lazy import tf
 from psl_keras.rundir import (BACKBONE_FILE, LOG_FILE, TENSORBOARD_DIR, RunDirectory, RunState, stage_backbone_file,
                               stage_head_file)
 from psl_keras.seeds import DATA_SEED, HEAD_SEED, derived_seed
@@ -72,12 +75,11 @@ class Trainer:
         self.config = config
         self._given_source = source
         self._given_knn_source = knn_source
-        self.strategy = strategy or tf.distribute.get_strategy()
         self.extra_callbacks = list(callbacks)
         self.resume = resume
-        self.chief = distribute.is_chief(self.strategy)
+        self._set_up_devices(strategy)
         self.verbose = verbose if self.chief else 0
-        self.run_dir = RunDirectory(config.output_dir, self.chief, distribute.worker_id(self.strategy))
+        self.run_dir = RunDirectory(config.output_dir, self.chief, self.worker)
         self.config = config = dataclasses.replace(config, task_options=self._task_options(config))
         self._validate()
 
@@ -96,10 +98,10 @@ class Trainer:
     def _validate(self):
         c = self.config
         c.check()  # ranges and choices, for library users (train.py checks its flags when parsing them)
-        if c.batch_size % self.strategy.num_replicas_in_sync:
+        if c.batch_size % self.replicas:
             raise PSLError(
                 f"--batch_size={c.batch_size} is the global batch and must divide evenly over "
-                f"{self.strategy.num_replicas_in_sync} replicas."
+                f"{self.replicas} replicas."
             )
         optim.parse_pattern(c.schedule_pattern)
         self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
@@ -109,6 +111,34 @@ class Trainer:
     def _build(self):
         c = self.config
         keras.utils.set_random_seed(c.seed)
+        self._set_up_runtime()
+        self.source = self._given_source or self._load_training_source()
+        if self.source.image_shape is not None and min(self.source.image_shape[:2]) < c.image_size / 2:
+            raise PSLError(
+                f"{self.source.name} images are {self.source.image_shape[0]}x{self.source.image_shape[1]}, "
+                f"too small for --image_size={c.image_size}. Use --config=cifar10_small or a smaller "
+                f"--image_size."
+            )
+        stem = None if c.stem == "auto" else c.stem
+        with self._scope():
+            self.backbone = build_backbone(c.backbone, c.image_size, stem=stem, width=c.width, sync_bn=c.sync_bn)
+        self.blocks = backbone_blocks(self.backbone)
+
+    # --- what depends on the backend (TensorFlow here; JaxTrainer overrides) --------------------------------
+    def _set_up_devices(self, strategy):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.chief = distribute.is_chief(self.strategy)
+        self.worker = distribute.worker_id(self.strategy)
+        # Interrupted in multi-worker training, workers cannot agree on a save: only regular checkpoints count.
+        self.saves_inside_epochs = not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def _scope(self):
+        """Where variables are created (replicated by the strategy)."""
+        return self.strategy.scope()
+
+    def _set_up_runtime(self):
+        c = self.config
         if c.deterministic:
             missing = {k: v for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
             if missing:
@@ -122,19 +152,49 @@ class Trainer:
             # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
             policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
             keras.mixed_precision.set_dtype_policy(policy)
-        self.source = self._given_source or data_lib.load_images(
-            c.dataset, c.data_dir or None, c.split, c.on_bad_image, min_side=c.image_size, verbose=self.verbose > 0,
-            download=c.download)
-        if self.source.image_shape is not None and min(self.source.image_shape[:2]) < c.image_size / 2:
+
+    def _load_training_source(self):
+        c = self.config
+        return data_lib.load_images(c.dataset, c.data_dir or None, c.split, c.on_bad_image, min_side=c.image_size,
+                                    verbose=self.verbose > 0, download=c.download)
+
+    def _checkpointer(self, model):
+        """Saves and restores the stage's training state (backbone, head, optimizer, task state)."""
+        extra = {"task_state": model.task_state} if model.task_state is not None else {}
+        return TFCheckpointer(self.run_dir.checkpoint_dir, backbone=self.backbone, head=model.head,
+                              optimizer=model.optimizer, **extra)
+
+    def _restore_backbone(self, state):
+        checkpoint = tf.train.Checkpoint(backbone=self.backbone)
+        try:
+            checkpoint.restore(state.checkpoint).expect_partial()
+        except (tf.errors.NotFoundError, ValueError) as err:
             raise PSLError(
-                f"{self.source.name} images are {self.source.image_shape[0]}x{self.source.image_shape[1]}, "
-                f"too small for --image_size={c.image_size}. Use --config=cifar10_small or a smaller "
-                f"--image_size."
-            )
-        stem = None if c.stem == "auto" else c.stem
-        with self.strategy.scope():
-            self.backbone = build_backbone(c.backbone, c.image_size, stem=stem, width=c.width, sync_bn=c.sync_bn)
-        self.blocks = backbone_blocks(self.backbone)
+                f"--resume: cannot restore {state.checkpoint} ({err}). The checkpoint is missing or was "
+                f"written by another configuration; start a new --output_dir."
+            ) from None
+
+    def _step_function(self, model):
+        """batch -> dict of global sums (loss, correct, count) after one optimizer step of the stage."""
+        return loop.distributed_step(self.strategy, model.train_step, self.config.jit_compile)
+
+    def _epoch_batches(self, stage, epoch, skip_steps=0):
+        """The batches of one epoch of a stage, from step `skip_steps` on (the same ones an unbroken run sees)."""
+        return iter(self._distributed_dataset(stage, epoch, skip_steps))
+
+    def _learning_rate(self, model):
+        return optim.current_learning_rate(model.optimizer)
+
+    def _sync_weights(self, model):
+        """Makes the Keras variables hold the stage's current weights (before they are saved)."""
+
+    def _logging_callbacks(self):
+        return [RunCSVLogger(self.run_dir.file(LOG_FILE)),
+                keras.callbacks.TensorBoard(self.run_dir.file(TENSORBOARD_DIR), write_graph=False,
+                                            update_freq="epoch")]
+
+    def _strategy_summary(self):
+        return {"name": self.config.strategy, "replicas": int(self.replicas)}
 
     # --- files ----------------------------------------------------------------------------------------
     def _knn_monitor(self):
@@ -157,10 +217,7 @@ class Trainer:
         if self.chief and self.config.knn_monitor:
             callbacks.insert(0, self._knn_monitor())
         if self.chief:
-            callbacks += [
-                RunCSVLogger(self.run_dir.file(LOG_FILE)),
-                keras.callbacks.TensorBoard(self.run_dir.file(TENSORBOARD_DIR), write_graph=False, update_freq="epoch"),
-            ]
+            callbacks += self._logging_callbacks()
         return keras.callbacks.CallbackList(callbacks, model=stage_model)
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -168,7 +225,7 @@ class Trainer:
         c = self.config
         # Each head starts from its own seed, so a resumed run builds the same heads as an unbroken one.
         keras.utils.set_random_seed(derived_seed(c.seed, HEAD_SEED, stage.index))
-        with self.strategy.scope():
+        with self._scope():
             head = self.task.build_head(
                 stage.level, self.blocks[stage.last_block - 1].output.shape[-1], name=f"g{stage.index}"
             )
@@ -219,29 +276,26 @@ class Trainer:
             if stage.index < state.stage:
                 continue
             model = self._stage_model(stage, steps_per_epoch, epochs)
-            extra = {"task_state": model.task_state} if model.task_state is not None else {}
-            checkpoint = tf.train.Checkpoint(backbone=self.backbone, head=model.head, optimizer=model.optimizer,
-                                             **extra)
+            checkpoint = self._checkpointer(model)
             if stage.index == state.stage and state.epoch >= epochs:
                 # Trained, but the process may have died before the stage's result or files were written.
-                checkpoint.restore(state.checkpoint).expect_partial()
+                checkpoint.restore(state.checkpoint)
                 result = next((s for s in state.stages if s["stage"] == stage.index), None)
                 self._finish_stage(stage, model, state, result or self._recovered_result(stage, state,
                                                                                          steps_per_epoch))
                 continue
-            manager = tf.train.CheckpointManager(checkpoint, self.run_dir.checkpoint_dir, max_to_keep=2)
             resuming = stage.index == state.stage and (state.epoch or state.step)
             first_epoch = state.epoch if resuming else 0
             if resuming:
-                checkpoint.restore(state.checkpoint).expect_partial()
+                checkpoint.restore(state.checkpoint)
             else:
                 state.start_stage(stage.index)
             if self.verbose:
                 print(f"\n{stage.describe()} ({self.task.describe_level(stage.level)}), "
                       f"{epochs} epochs x {steps_per_epoch} steps, batch {c.batch_size}, "
-                      f"{self.strategy.num_replicas_in_sync} replica(s)")
+                      f"{self.replicas} replica(s)")
             stage_result = self._train_stage(
-                stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch
+                stage, model, checkpoint, state, first_epoch, epochs, steps_per_epoch, global_epoch
             )
             global_epoch += epochs - first_epoch
             self._finish_stage(stage, model, state, stage_result)
@@ -258,6 +312,7 @@ class Trainer:
         on --resume by writing the files again from the stage's last checkpoint."""
         state.finish_stage(result)
         self.run_dir.write_state(state)
+        self._sync_weights(model)
         self.run_dir.save_model(self.backbone, stage_backbone_file(stage.index))
         self.run_dir.save_model(model.head, stage_head_file(stage.index))
 
@@ -266,25 +321,15 @@ class Trainer:
         monitor of that process are lost; loss and accuracy were saved with the epoch)."""
         return {**self._stage_result(stage, steps_per_epoch, state.epoch_logs or {}), "recovered": True}
 
-    def _restore_backbone(self, state):
-        checkpoint = tf.train.Checkpoint(backbone=self.backbone)
-        try:
-            checkpoint.restore(state.checkpoint).expect_partial()
-        except (tf.errors.NotFoundError, ValueError) as err:
-            raise PSLError(
-                f"--resume: cannot restore {state.checkpoint} ({err}). The checkpoint is missing or was "
-                f"written by another configuration; start a new --output_dir."
-            ) from None
-
-    def _save_progress(self, manager, state, stage, epoch, step, totals, epoch_logs=None):
+    def _save_progress(self, checkpoint, state, stage, epoch, step, totals, epoch_logs=None):
         """Checkpoint, then record in state.json that `epoch` epochs and `step` more steps of `stage` are done.
 
         Interrupted in multi-worker training, workers cannot agree on a save, so there only the regular
         checkpoints count.
         """
-        if step and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if step and not self.saves_inside_epochs:
             return
-        path = manager.save()
+        path = checkpoint.save()
         kill_point("checkpoint_written")
         state.record(stage.index, epoch, step, totals, os.path.abspath(path), epoch_logs)
         self.run_dir.write_state(state)
@@ -313,8 +358,8 @@ class Trainer:
         return (f"{where}. The run stopped before its first checkpoint. Lower --lr (or check the data) and start "
                 f"again; --checkpoint_every_steps saves points inside an epoch.")
 
-    def _train_stage(self, stage, model, manager, state, first_epoch, epochs, steps_per_epoch, global_epoch):
-        step = loop.distributed_step(self.strategy, model.train_step, self.config.jit_compile)
+    def _train_stage(self, stage, model, checkpoint, state, first_epoch, epochs, steps_per_epoch, global_epoch):
+        step = self._step_function(model)
         self._steps_since_save = 0  # finite steps run from the weights of the last checkpoint (or the start)
         callbacks = self._callbacks(model)
         callbacks.on_train_begin()
@@ -329,7 +374,7 @@ class Trainer:
             first_step = state.step if epoch == first_epoch else 0
             totals = dict(state.totals) if first_step and state.totals else {
                 "loss": 0.0, "correct": 0.0, "count": 0.0}
-            iterator = iter(self._distributed_dataset(stage, epoch, skip_steps=first_step))
+            iterator = self._epoch_batches(stage, epoch, skip_steps=first_step)
 
             def after_step(i, sums, seconds):
                 nonlocal images, busy_time
@@ -345,18 +390,18 @@ class Trainer:
                     [
                         ("loss", totals["loss"] / totals["count"]),
                         ("accuracy", totals["correct"] / totals["count"]),
-                        ("lr", optim.current_learning_rate(model.optimizer)),
+                        ("lr", self._learning_rate(model)),
                     ],
                 )
                 every = self.config.checkpoint_every_steps
                 if every and (i + 1) % every == 0 and i + 1 < steps_per_epoch:
-                    self._save_progress(manager, state, stage, epoch, i + 1, totals)
+                    self._save_progress(checkpoint, state, stage, epoch, i + 1, totals)
                 callbacks.on_train_batch_end(i, {k: v / max(sums["count"], 1) for k, v in sums.items()})
 
             try:
                 loop.run_epoch(step, iterator, steps_per_epoch, totals, first_step, after_step)
             except loop.Interrupted as stop:  # Ctrl-C: the steps done so far are kept
-                self._save_progress(manager, state, stage, epoch, stop.steps_done, totals)
+                self._save_progress(checkpoint, state, stage, epoch, stop.steps_done, totals)
                 raise
             logs = {
                 "stage": stage.index,
@@ -364,9 +409,9 @@ class Trainer:
                 "level": stage.level,
                 "loss": totals["loss"] / max(totals["count"], 1),
                 "accuracy": totals["correct"] / max(totals["count"], 1),
-                "lr": optim.current_learning_rate(model.optimizer),
+                "lr": self._learning_rate(model),
             }
-            self._save_progress(manager, state, stage, epoch + 1, 0, None,
+            self._save_progress(checkpoint, state, stage, epoch + 1, 0, None,
                                 {"loss": logs["loss"], "accuracy": logs["accuracy"]})
             callbacks.on_epoch_end(global_epoch, logs)
             global_epoch += 1
@@ -403,7 +448,22 @@ class Trainer:
             "dataset": {"name": self.source.name, "split": c.split, "num_examples": self.source.num_examples,
                         "unreadable": dict(self.source.unreadable)},
             "backbone": {"file": BACKBONE_FILE, "name": c.backbone, "parameters": int(self.backbone.count_params())},
-            "strategy": {"name": c.strategy, "replicas": int(self.strategy.num_replicas_in_sync)},
+            "strategy": self._strategy_summary(),
             "stages": sorted(state.stages, key=lambda s: s["stage"]),
             "wall_time_s": wall_time,
         }
+
+
+class TFCheckpointer:
+    """A stage's `tf.train.Checkpoint` and its manager (the two newest checkpoints are kept)."""
+
+    def __init__(self, directory, **objects):
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+
+    def restore(self, path):
+        self.checkpoint.restore(path).expect_partial()
+
+    def save(self):
+        """Writes a checkpoint; returns its path."""
+        return self.manager.save()

@@ -18,7 +18,7 @@ from conftest import REPO
 TRAIN = {
     "config": ["imagenet"], "task": ["rotate"], "on_bad_image": ["ignore"], "mode": ["pls"], "backbone": ["resnet19"],
     "stem": ["tiny"],
-    "optimizer": ["adam"], "schedule": ["linear"], "strategy": ["mirror"],
+    "optimizer": ["adam"], "schedule": ["linear"], "strategy": ["mirror"], "backend": ["torch"],
     "width": ["0", "-1", "nan"], "image_size": ["0", "4", "8.5"], "head_hidden": ["0"],
     "epochs_per_stage": ["0", "-1"], "e2e_epochs": ["-1"], "steps_per_epoch": ["-1"],
     "batch_size": ["0", "-2", "1.5", "many"], "lr": ["-1", "0", "inf"], "momentum": ["-0.1", "1"],

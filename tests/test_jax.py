@@ -104,3 +104,111 @@ def test_a_two_device_jax_step_equals_the_one_device_step(steps):
     for key in one:
         if key != "losses":
             assert np.allclose(one[key], two[key], rtol=1e-5, atol=1e-5), key
+
+
+# --- the JAX trainer: train.py --backend jax, where TensorFlow is absent ------------------------------------
+WITHOUT_TF = os.path.join(REPO, "tests", "helpers", "without_tensorflow.py")
+JAX_RUN = ["--backend", "jax", "--config", "cifar10_small", "--epochs_per_stage", "1", "--steps_per_epoch", "2",
+           "--batch_size", "16", "--width", "0.125", "--head_hidden", "16", "--checkpoint_every_steps", "1"]
+
+
+def train_without_tf(arguments, check=True, **env_extra):
+    env = dict(os.environ, KERAS_BACKEND="jax", **env_extra)
+    result = subprocess.run([sys.executable, WITHOUT_TF, "train.py", *JAX_RUN, *arguments], capture_output=True,
+                            text=True, timeout=600, cwd=REPO, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def load_weights(path):
+    import keras
+
+    return [np.asarray(w) for w in keras.saving.load_model(path, safe_mode=True, compile=False).weights]
+
+
+@pytest.fixture(scope="module")
+def jax_runs(tmp_path_factory):
+    from conftest import synthetic_images
+    from psl_keras.arrays import save_arrays
+
+    root = tmp_path_factory.mktemp("jax_runs")
+    data = str(root / "train.npz")
+    save_arrays(data, synthetic_images(64, 32, seed=3), np.arange(64) % 4, "synthetic", "train", num_classes=4)
+    dataset = ["--dataset", f"arrays:{data}"]
+    runs = {name: str(root / name) for name in ("unbroken", "killed", "two_devices")}
+    train_without_tf([*dataset, "--output_dir", runs["unbroken"]])
+    # Killed (SIGKILL) right after stage 2's first checkpoint, then resumed: the way a preempted job continues.
+    killed = train_without_tf([*dataset, "--output_dir", runs["killed"]], check=False,
+                              PSL_KERAS_KILL_AT="after_checkpoint:3")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    train_without_tf([*dataset, "--output_dir", runs["killed"], "--resume"])
+    train_without_tf([*dataset, "--output_dir", runs["two_devices"]],
+                     XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return runs
+
+
+def test_jax_run_writes_the_run_directory_of_the_tensorflow_trainer(jax_runs):
+    import json
+
+    run = jax_runs["unbroken"]
+    for name in ("backbone.keras", "log.csv", "state.json", "summary.json", "stage1_backbone.keras",
+                 "stage3_head.keras"):
+        assert os.path.exists(os.path.join(run, name)), name
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
+    assert summary["config"]["backend"] == "jax" and summary["strategy"]["replicas"] == 1
+    assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["ckpt-5.npz", "ckpt-6.npz"]  # two newest kept
+    # Stage 1's backbone differs from the final one only where stages 2 and 3 trained: B1 is frozen after S1.
+    stage1, final = load_weights(os.path.join(run, "stage1_backbone.keras")), load_weights(
+        os.path.join(run, "backbone.keras"))
+    assert any(not np.array_equal(a, b) for a, b in zip(stage1, final))
+
+
+def test_a_killed_jax_run_resumes_to_the_unbroken_result(jax_runs):
+    unbroken = load_weights(os.path.join(jax_runs["unbroken"], "backbone.keras"))
+    resumed = load_weights(os.path.join(jax_runs["killed"], "backbone.keras"))
+    assert all(np.array_equal(a, b) for a, b in zip(unbroken, resumed))
+
+
+def test_a_two_device_jax_run_equals_the_one_device_run(jax_runs):
+    import json
+
+    two = json.load(open(os.path.join(jax_runs["two_devices"], "summary.json")))
+    assert two["strategy"]["replicas"] == 2
+    one_summary = json.load(open(os.path.join(jax_runs["unbroken"], "summary.json")))
+    for a, b in zip(one_summary["stages"], two["stages"]):
+        assert abs(a["final_loss"] - b["final_loss"]) <= 1e-4 * abs(a["final_loss"])
+    one = load_weights(os.path.join(jax_runs["unbroken"], "backbone.keras"))
+    split = load_weights(os.path.join(jax_runs["two_devices"], "backbone.keras"))
+    # One step agrees to 1e-5 (test above); six steps at lr 0.2 grow the float32 rounding of the split sums to
+    # ~2e-4 (measured). A wrong split (each device's own BatchNorm statistics, a halved gradient) moves far more.
+    for a, b in zip(one, split):
+        assert np.allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_a_jax_trained_backbone_is_evaluated_by_evaluate_py(jax_runs, tmp_path):
+    import json
+
+    from conftest import synthetic_images
+    from psl_keras.arrays import save_arrays
+
+    data = str(tmp_path / "eval.npz")
+    save_arrays(data, synthetic_images(48, 32, seed=5), np.arange(48) % 4, "synthetic", "all", num_classes=4)
+    result = subprocess.run([sys.executable, "evaluate.py", "--probe", "knn", "--k", "5", "--runs",
+                             f"jax={jax_runs['unbroken']}", "--dataset", f"arrays:{data}", "--output_dir",
+                             str(tmp_path / "eval")], capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env=dict(os.environ, KERAS_BACKEND="tensorflow"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.load(open(tmp_path / "eval" / "results.json"))["tables"]["knn"]["rows"][0]
+    assert row["run"] == "jax" and all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
+
+
+def test_jax_backend_refuses_what_it_cannot_do(tmp_path):
+    result = train_without_tf(["--dataset", "cifar10", "--output_dir", str(tmp_path / "r")], check=False)
+    assert result.returncode == 2 and "python -m psl_keras.arrays" in result.stderr
+    result = train_without_tf(["--task", "jigsaw", "--output_dir", str(tmp_path / "j")], check=False)
+    assert result.returncode == 2 and "no on-device input path" in result.stderr
+    result = train_without_tf(["--knn_monitor", "--output_dir", str(tmp_path / "k")], check=False)
+    assert result.returncode == 2 and "--knn_monitor is not available with --backend jax" in result.stderr

@@ -66,6 +66,21 @@ class Task:
         """Turns a batch of task inputs into the image batch the backbone sees (identity by default)."""
         return inputs
 
+    # --- Keras on JAX: batches made on the device, without tf.data ----------------------------------------
+    def draw_array_params(self, rng, count, level):
+        """The random choices for `count` examples at `level`, drawn from `rng` (a NumPy Generator): a dict of
+        arrays, what `array_examples` needs besides the images."""
+        raise NotImplementedError(f"Task {self.name} has no on-device input path (Keras on JAX).")
+
+    def array_examples(self, images, params, level):
+        """(inputs, labels) of a batch of uint8 images [B, H, W, 3] with the choices in `params`, in `keras.ops`
+        only: the JAX trainer compiles it and runs it where the images are (the accelerator)."""
+        raise NotImplementedError(f"Task {self.name} has no on-device input path (Keras on JAX).")
+
+    @classmethod
+    def has_array_pipeline(cls):
+        return cls.array_examples is not Task.array_examples
+
     # --- network --------------------------------------------------------------------------------------
     def build_head(self, level, feature_channels, name):
         """The stage head g_i: block features [N, h, w, C] -> logits [B, num_classes(level)].

@@ -211,3 +211,13 @@ class RotationTask(Task):
             horizontal = ops.tile(ops.reshape(taps, (1, 5, 1, 1)), (1, 1, 3, 1))
             rotated = ops.depthwise_conv(ops.depthwise_conv(padded, vertical), horizontal)
         return ops.clip(rotated, 0.0, 1.0)
+
+    # --- Keras on JAX: batches made on the device (the JAX trainer jit-compiles array_examples) -------------
+    def draw_array_params(self, rng, count, level):
+        """Per example, as `make_example` draws them: the angle's label, a left-right flip, the crop offset."""
+        return {"labels": rng.integers(0, self.num_classes(level), count).astype("int32"),
+                "flips": rng.integers(0, 2, count).astype("int32"),
+                "offsets": rng.uniform(-1.0, 1.0, (count, 2)).astype("float32")}
+
+    def array_examples(self, images, params, level):
+        return self.batch_rotate(images, params["labels"], level, params["flips"], params["offsets"]), params["labels"]

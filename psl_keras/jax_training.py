@@ -1,0 +1,245 @@
+"""The stage-wise trainer under Keras on JAX (issue 13): `Trainer`'s stage sequence, run directory, progress
+bar, logs and --resume, with what depends on the backend replaced:
+
+- the step is `jax_step.JaxStageStep`, compiled once per stage, over the stage's variables only;
+- the data is a split held in device memory (an array dataset, `--dataset arrays:FILE`, or a TFDS split /
+  folder read once where TensorFlow is installed); each epoch's order and each example's random choices come
+  from NumPy generators seeded by (run seed, stage, epoch, step), and the task's augmentation
+  (`Task.array_examples`) runs on the device, compiled;
+- checkpoints are .npz files of the backbone's, head's and optimizer's variables, written atomically (the two
+  newest kept), so a killed run resumes exactly where its last checkpoint was;
+- several local devices split each batch (`jax_step.data_parallel`): one process, one global batch.
+
+Imports no TensorFlow: it trains where only JAX is installed. The backbones it writes are ordinary .keras
+files: evaluate.py (TensorFlow) and the demo load them.
+"""
+
+import contextlib
+import os
+
+import jax
+import keras
+import numpy as np
+
+from psl_keras import arrays
+from psl_keras.callbacks import RunCSVLogger
+from psl_keras.errors import PSLError
+from psl_keras.jax_step import JaxStageStep, data_parallel, split_sharding
+from psl_keras.rundir import LOG_FILE, fsync_file
+from psl_keras.seeds import DATA_SEED, derived_seed
+from psl_keras.training import Trainer
+
+# TrainConfig settings that only the TensorFlow trainer has: refused rather than silently ignored.
+TF_ONLY = {"knn_monitor": "the kNN monitor runs on TensorFlow; evaluate the stage backbones with evaluate.py",
+           "mixed_precision": "mixed precision is not wired for JAX yet",
+           "sync_bn": "one process computes BatchNorm over the whole batch already",
+           "deterministic": "XLA's CPU and GPU steps are already repeatable run to run here"}
+
+
+class JaxTrainer(Trainer):
+    """Trains a backbone with PSL (or an ablation) under `KERAS_BACKEND=jax`; writes the same run directory.
+
+    Usage: `JaxTrainer(config).train()` (train.py --backend jax)."""
+
+    # --- devices and set-up ----------------------------------------------------------------------------
+    def _set_up_devices(self, strategy):
+        if strategy is not None:
+            raise PSLError("JaxTrainer takes no tf.distribute strategy: it uses the process's local JAX devices.")
+        if keras.backend.backend() != "jax":
+            raise PSLError(f"--backend jax needs Keras on JAX, but Keras runs on {keras.backend.backend()}: set "
+                           f"KERAS_BACKEND=jax before Keras is imported (train.py --backend jax does).")
+        self.strategy = None
+        self.devices = jax.local_devices()
+        self.replicas = len(self.devices)
+        self.chief, self.worker = True, 0
+        self.saves_inside_epochs = True
+
+    def _validate(self):
+        c = self.config
+        if c.strategy != "default":
+            raise PSLError(f"--strategy={c.strategy} is a tf.distribute strategy; --backend jax uses every local "
+                           f"device of its process ({self.replicas} here). Leave --strategy at default.")
+        for name, why in TF_ONLY.items():
+            if getattr(c, name):
+                raise PSLError(f"--{name} is not available with --backend jax: {why}.")
+        super()._validate()
+        if not self.task.has_array_pipeline():
+            raise PSLError(f"--task {c.task} has no on-device input path for --backend jax yet (rotation has); "
+                           f"train it with --backend tensorflow.")
+
+    def _scope(self):
+        return contextlib.nullcontext()
+
+    def _set_up_runtime(self):
+        pass  # seeds are set by Trainer._build; XLA needs nothing else
+
+    def _load_training_source(self):
+        c = self.config
+        if c.dataset.startswith(arrays.PREFIX):
+            source = arrays.ArraySource.from_file(c.dataset[len(arrays.PREFIX):])
+        else:
+            try:
+                import tensorflow  # noqa: F401  (reading TFDS or a folder needs it)
+            except ImportError:
+                raise PSLError(
+                    f"--dataset {c.dataset}: without TensorFlow, --backend jax reads array datasets. Export the "
+                    f"split once on a machine with TensorFlow: `python -m psl_keras.arrays --dataset {c.dataset} "
+                    f"--split {c.split} --out data.npz`, then pass --dataset arrays:data.npz.") from None
+            image_source = super()._load_training_source().in_memory()
+            images, labels = image_source.arrays
+            if images.ndim != 4:
+                raise PSLError(f"{c.dataset}: --backend jax needs images of one size; resize them first.")
+            source = arrays.ArraySource(images, labels, image_source.name, c.split, image_source.num_classes,
+                                        image_source.class_names)
+        height, width = source.image_shape[:2]
+        if (height, width) != (c.image_size, c.image_size):
+            raise PSLError(f"{source.name} images are {height}x{width}; --backend jax augments on the device at "
+                           f"their own size, so --image_size must be {height} (or export resized images).")
+        # The whole split lives in device memory; batches are gathered there.
+        self.device_images = jax.device_put(source.images, self.devices[0])
+        return source
+
+    # --- the stage's step ------------------------------------------------------------------------------
+    def _stage_model(self, stage, steps_per_epoch, epochs):
+        model = super()._stage_model(stage, steps_per_epoch, epochs)
+        self.stage_state = _StageState(JaxStageStep(model, model.optimizer), self.devices)
+        return model
+
+    def _step_function(self, model):
+        return self.stage_state
+
+    def _learning_rate(self, model):
+        self.stage_state.sync_iterations()
+        return super()._learning_rate(model)
+
+    def _sync_weights(self, model):
+        self.stage_state.write_back()
+
+    def _checkpointer(self, model):
+        return NpzCheckpointer(self.run_dir.checkpoint_dir, self.stage_state,
+                               {"backbone": self.backbone.weights, "head": model.head.weights,
+                                "optimizer": model.optimizer.variables})
+
+    def _restore_backbone(self, state):
+        NpzCheckpointer.load(state.checkpoint, {"backbone": self.backbone.weights})
+
+    # --- data ------------------------------------------------------------------------------------------
+    def _epoch_batches(self, stage, epoch, skip_steps=0):
+        c = self.config
+        if not hasattr(self, "_augment"):
+            self._augment = jax.jit(self._make_examples, static_argnums=(2,))
+        order = np.random.default_rng(derived_seed(c.seed, DATA_SEED, stage.index, epoch)).permutation(
+            self.source.num_examples)
+        steps = len(order) // c.batch_size
+        for step in range(skip_steps, steps):
+            ids = order[step * c.batch_size:(step + 1) * c.batch_size]
+            # One generator per batch: a resumed epoch draws what the unbroken one drew for the same step.
+            rng = np.random.default_rng([c.seed, DATA_SEED, stage.index, epoch, step])
+            params = self.task.draw_array_params(rng, len(ids), stage.level)
+            yield self._augment(ids, params, stage.level)
+
+    def _make_examples(self, ids, params, level):
+        images = jax.numpy.take(self.device_images, ids, axis=0)
+        return self.task.array_examples(images, params, level)
+
+    # --- logs and summary ------------------------------------------------------------------------------
+    def _logging_callbacks(self):
+        return [RunCSVLogger(self.run_dir.file(LOG_FILE))]  # Keras' TensorBoard callback writes through tf.summary
+
+    def _strategy_summary(self):
+        return {"name": "jax", "replicas": self.replicas,
+                "devices": [f"{d.platform}:{d.id}" for d in self.devices]}
+
+    def _summary(self, state, wall_time):
+        summary = super()._summary(state, wall_time)
+        summary["backend"] = {"name": "jax", "version": jax.__version__}
+        return summary
+
+
+class _StageState:
+    """The training state of one stage under JAX (`JaxStageStep`'s pure step threaded through calls).
+
+    Called with a batch, it runs one step and returns the batch's sums, as the TensorFlow trainer's step does.
+    The Keras variables are only written when `write_back` is called (checkpoints, exports)."""
+
+    def __init__(self, step, devices):
+        self.step = step
+        self.devices = devices
+        self.reset()
+
+    def reset(self):
+        """Takes the state from the Keras variables (after building or restoring them)."""
+        state = self.step.initial_state()
+        if len(self.devices) > 1:
+            state = data_parallel(state, None, None, self.devices)[0]
+        self.state = state
+
+    def __call__(self, batch):
+        inputs, labels = batch
+        if len(self.devices) > 1:
+            sharding = split_sharding(self.devices)
+            inputs, labels = jax.device_put(inputs, sharding), jax.device_put(labels, sharding)
+        self.state, sums = self.step.step(self.state, inputs, labels)
+        return sums
+
+    def write_back(self):
+        self.step.write_back(self.state)
+
+    def sync_iterations(self):
+        """The optimizer's step counter (for the learning rate shown), without writing back the rest."""
+        self.step.write_back_iterations(self.state)
+
+
+class NpzCheckpointer:
+    """A stage's checkpoints as .npz files: the variables of each group (backbone, head, optimizer) in order.
+
+    `save` writes ckpt-N.npz atomically (temp file, fsync, rename) and keeps the two newest, like the
+    TensorFlow trainer's CheckpointManager; state.json names the file."""
+
+    KEEP = 2
+
+    def __init__(self, directory, stage_state, groups):
+        self.directory = directory
+        self.stage_state = stage_state
+        self.groups = groups
+
+    def save(self):
+        self.stage_state.write_back()
+        os.makedirs(self.directory, exist_ok=True)
+        numbers = self._numbers()
+        path = os.path.join(self.directory, f"ckpt-{(numbers[-1] if numbers else 0) + 1}.npz")
+        values = {f"{group}/{i}": np.asarray(keras.ops.convert_to_numpy(v.value))
+                  for group, variables in self.groups.items() for i, v in enumerate(variables)}
+        tmp = os.path.join(self.directory, f".tmp_{os.path.basename(path)}")
+        with open(tmp, "wb") as f:
+            np.savez(f, **values)
+            fsync_file(f)
+        os.replace(tmp, path)
+        for number in self._numbers()[:-self.KEEP]:
+            os.remove(os.path.join(self.directory, f"ckpt-{number}.npz"))
+        return os.path.abspath(path)
+
+    def restore(self, path):
+        self.load(path, self.groups)
+        self.stage_state.reset()
+
+    @staticmethod
+    def load(path, groups):
+        try:
+            with np.load(path) as stored:
+                values = {key: stored[key] for key in stored.files}
+        except (OSError, ValueError) as err:
+            raise PSLError(f"--resume: cannot read checkpoint {path} ({err}). Start a new --output_dir.") from None
+        for group, variables in groups.items():
+            for i, variable in enumerate(variables):
+                value = values.get(f"{group}/{i}")
+                if value is None or tuple(value.shape) != tuple(variable.shape):
+                    raise PSLError(f"--resume: checkpoint {path} does not match this run's {group} (variable "
+                                   f"{variable.path}); it was written by another configuration. Start a new "
+                                   f"--output_dir.")
+                variable.assign(value)
+
+    def _numbers(self):
+        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        return sorted(int(n[5:-4]) for n in names if n.startswith("ckpt-") and n.endswith(".npz")
+                      and n[5:-4].isdigit())
