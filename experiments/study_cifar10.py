@@ -140,9 +140,9 @@ def train(spec, args):
 def eval_settings(args, epochs=LINEAR_EPOCHS):
     from psl_keras.evaluation.protocols import EvalConfig
 
-    if args.tiny:
-        return EvalConfig(data_dir=args.data_dir, train_split="train[:256]", eval_split="test[:64]", epochs=1,
-                          steps_per_epoch=2, batch_size=32, knn_train_examples=0)
+    if args.tiny:  # 1 probe epoch for the standard budget, 2 for the longer one
+        return EvalConfig(data_dir=args.data_dir, train_split="train[:256]", eval_split="test[:64]",
+                          epochs=1 if epochs == LINEAR_EPOCHS else 2, steps_per_epoch=2, batch_size=32)
     return EvalConfig(data_dir=args.data_dir, epochs=epochs)
 
 
@@ -173,13 +173,13 @@ def evaluate(name, path, args, sources):
     results = json.load(open(cache)) if os.path.exists(cache) else {}
     run = parse_runs(f"{name}={path}")[0]
     strategy = distribute.make_strategy("default")
-    todo = [("knn", None), ("linear", LINEAR_EPOCHS)] + ([("linear_long", LONG_LINEAR_EPOCHS)]
+    todo = [("knn", LINEAR_EPOCHS), ("linear", LINEAR_EPOCHS)] + ([("linear_long", LONG_LINEAR_EPOCHS)]
                                                           if args.long_probes and name in args.long_probes else [])
     for key, epochs in todo:
         if key in results:
             continue
         started = time.time()
-        config = eval_settings(args, epochs or LINEAR_EPOCHS)
+        config = eval_settings(args, epochs)
         print(f"\n=== {name}: {key}", flush=True)
         if key == "knn":
             result = {str(k): v for k, v in protocols.knn_by_k(run, config, KNN_K, sources).items()}
@@ -249,6 +249,10 @@ def report(args, specs):
             cells += [_best_knn([random_row], k) for k in KNN_K] + ["", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    plots = _plots(args, rows_by_task, random_row)
+    if plots:
+        lines += ["Plots (accuracy by block, mean over seeds): " + ", ".join(
+            f"`{os.path.relpath(p, args.runs_dir)}`" for p in sorted(plots) if p.endswith(".png")), ""]
     long_rows = _long_probe_rows(args, specs)
     if long_rows:
         lines += [f"## Linear probes at {LINEAR_EPOCHS} vs {LONG_LINEAR_EPOCHS} epochs", "",
@@ -258,6 +262,31 @@ def report(args, specs):
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def _plots(args, rows_by_task, random_row):
+    """evaluate.py's tables and plots (psl_keras.evaluation.report) of each task: linear and kNN by block, a line
+    per mode (mean over seeds) and the random-init reference."""
+    from psl_keras.evaluation import report as report_lib
+
+    tables = {}
+    for task, by_mode in rows_by_task.items():
+        for key, title, pick in (("linear", "linear probe top-1 (%)", lambda e: e["linear"]["result"]),
+                                 ("knn_k200", "kNN k=200 top-1 (%)", lambda e: e["knn"]["result"]["200"])):
+            rows = []
+            for mode, entries in by_mode.items():
+                results = [pick(e) for _, _, e in entries if key.split("_")[0] in e]
+                if results:
+                    rows.append({"run": f"{mode} (n={len(results)})", **{
+                        b: statistics.mean(r[b] for r in results) for b in ("B1", "B2", "B3", "B4", "B5")}})
+            if random_row and key.split("_")[0] in random_row:
+                rows.append({"run": "random init", **pick(random_row)})
+            if rows:
+                tables[f"{task}_{key}"] = {"title": f"{task}: {title} by block, CIFAR-10 test", "rows": rows,
+                                           "columns": ["B1", "B2", "B3", "B4", "B5"]}
+    if not tables:
+        return []
+    return list(report_lib.write_report(os.path.join(args.runs_dir, "plots"), tables, {"study": "cifar10"}).values())
 
 
 def _best_knn(evaluations, k):

@@ -47,6 +47,7 @@ EVALUATION = ("tests/test_evaluation.py", "tests/test_training.py", "tests/test_
 AUGMENT = ("tests/test_augment.py",)
 CONTRASTIVE = ("tests/test_contrastive.py", "tests/test_golden.py")
 MOCO = ("tests/test_mocov2.py",)
+JAX = ("tests/test_jax.py",)
 
 MUTANTS = (
     # --- stages: isolation, frozen statistics, loss scaling, decay targets, the plan -------------------
@@ -158,13 +159,25 @@ MUTANTS = (
     Mutant("R5", "heads not initialised from their own seeds (resume builds other heads)", "psl_keras/training.py",
            (("keras.utils.set_random_seed(derived_seed(c.seed, HEAD_SEED, stage.index))", "pass"),), TRAINING),
     Mutant("R6", "optimizer state left out of the checkpoint", "psl_keras/training.py",
-           (("head=model.head, optimizer=model.optimizer,", "head=model.head,"),), TRAINING),
+           (("head=model.head,\n                              optimizer=model.optimizer,", "head=model.head,"),), TRAINING),
     Mutant("R7", "a resumed epoch starts again from its first batch", "psl_keras/training.py",
            (("skip_steps=first_step)", "skip_steps=0)"),), TRAINING),
     Mutant("L1", "Ctrl-C right after a step loses that step on resume", "psl_keras/loop.py",
            (("raise Interrupted(i + 1) from None", "raise Interrupted(i) from None"),), LOOP),
     Mutant("L2", "epoch totals keep only the last step's sums", "psl_keras/loop.py",
            (("totals[k] = totals.get(k, 0.0) + v", "totals[k] = v"),), LOOP),
+    # --- Keras on JAX: the step and the trainer -------------------------------------------------------
+    Mutant("J1", "the JAX step differentiates every trainable variable, frozen blocks included",
+           "psl_keras/jax_step.py",
+           (("self.trained = list(stage_model.stage_variables)", "self.trained = list(stage_model.trainable_variables)"),),
+           JAX),
+    Mutant("J2", "JAX checkpoints leave out the optimizer state", "psl_keras/jax_training.py",
+           ((""""head": model.head.weights,\n                                "optimizer": model.optimizer.variables}""",
+             """"head": model.head.weights}"""),), JAX),
+    Mutant("J3", "a JAX batch split over devices trains on the first device's share only", "psl_keras/jax_training.py",
+           (("inputs, labels = jax.device_put(inputs, sharding), jax.device_put(labels, sharding)",
+             "inputs, labels = inputs[: len(inputs) // len(self.devices)], labels[: len(labels) // len(self.devices)]"),),
+           JAX),
     # --- evaluation: what probes, kNN and fine-tuning see -------------------------------------------
     Mutant("E1", "probe backbone not frozen (trainable, BatchNorm in training mode)", "psl_keras/evaluation/linear.py",
            (("outputs = self.backbone(images, training=False)",

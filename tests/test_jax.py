@@ -188,7 +188,7 @@ def test_a_two_device_jax_run_equals_the_one_device_run(jax_runs):
         assert np.allclose(a, b, rtol=1e-3, atol=1e-3)
 
 
-def test_a_jax_trained_backbone_is_evaluated_by_evaluate_py(jax_runs, tmp_path):
+def test_a_jax_trained_run_is_evaluated_by_evaluate_py_and_shown_by_the_demo(jax_runs, tmp_path):
     import json
 
     from conftest import synthetic_images
@@ -203,6 +203,12 @@ def test_a_jax_trained_backbone_is_evaluated_by_evaluate_py(jax_runs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.load(open(tmp_path / "eval" / "results.json"))["tables"]["knn"]["rows"][0]
     assert row["run"] == "jax" and all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
+    # The demo finds the run, its task and its three stages (heads and stage backbones load in safe mode).
+    from apps import core
+
+    (info,) = [i for i in core.discover_runs(os.path.dirname(jax_runs["unbroken"])) if i.name == "unbroken"]
+    loaded = core.LoadedRun(info)
+    assert loaded.task.name == "rotation" and [head.stage for head, _ in loaded.stages()] == [1, 2, 3]
 
 
 def test_jax_backend_refuses_what_it_cannot_do(tmp_path):
