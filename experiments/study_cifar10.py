@@ -227,8 +227,8 @@ def report(args, specs):
     for task, by_mode in rows_by_task.items():
         lines += [f"## {task}", "",
                   "| mode | n | B1 | B2 | B3 | B4 | B5 | kNN k=200 (block) | kNN k=20 (block) | pretext per stage | "
-                  "wall time (h) | images/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "wall time (min) | images/s | made on |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for mode, entries in by_mode.items():
             epochs = "+".join(str(s["epochs"]) for s in entries[0][1]["stages"])
             cells = [f"{mode} ({epochs} ep)", str(len(entries))]
@@ -239,14 +239,15 @@ def report(args, specs):
                 cells.append(_best_knn([e for _, _, e in entries], k))
             pretext = [[100 * (s["final_accuracy"] or 0) for s in summary["stages"]] for _, summary, _ in entries]
             cells.append(" / ".join(mean_spread(list(stage)) for stage in zip(*pretext)))
-            cells.append(mean_spread([_wall_time(summary) / 3600 for _, summary, _ in entries]).replace("–", "?"))
+            cells.append(mean_spread([_wall_time(summary) / 60 for _, summary, _ in entries]))
             cells.append(mean_spread([_images_per_sec(summary) for _, summary, _ in entries]))
+            cells.append(", ".join(sorted({_made_on(summary) for _, summary, _ in entries})))
             lines.append("| " + " | ".join(cells) + " |")
         if random_row:
             cells = ["random init", "1"]
             cells += [f"{100 * random_row['linear']['result'][b]:.1f}" if "linear" in random_row else "–"
                       for b in ("B1", "B2", "B3", "B4", "B5")]
-            cells += [_best_knn([random_row], k) for k in KNN_K] + ["", "", ""]
+            cells += [_best_knn([random_row], k) for k in KNN_K] + ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     plots = _plots(args, rows_by_task, random_row)
@@ -255,7 +256,7 @@ def report(args, specs):
             f"`{os.path.relpath(p, args.runs_dir)}`" for p in sorted(plots) if p.endswith(".png")), ""]
     long_rows = _long_probe_rows(args, specs)
     if long_rows:
-        lines += [f"## Linear probes at {LINEAR_EPOCHS} vs {LONG_LINEAR_EPOCHS} epochs", "",
+        lines += ["## Linear probes at the standard and a longer budget: does the ranking of blocks move?", "",
                   "| run | epochs | B1 | B2 | B3 | B4 | B5 | best block |", "|---|---|---|---|---|---|---|---|"] + long_rows
     os.makedirs(args.runs_dir, exist_ok=True)
     path = os.path.join(args.runs_dir, "results.md")
@@ -306,6 +307,17 @@ def _wall_time(summary):
     run's own total is used when larger)."""
     stages_time = sum(s.get("wall_time_s") or 0 for s in summary["stages"])
     return max(stages_time, summary.get("wall_time_s") or 0)
+
+
+def _made_on(summary):
+    """'tensorflow, 2-core CPU' / 'jax, 1 GPU (NVIDIA H100)': the backend and machine a run was trained on."""
+    machine = summary.get("machine")
+    if not machine:  # runs from before summary.json recorded it
+        return f"{summary['config'].get('backend', 'tensorflow')}, machine not recorded"
+    accelerators = machine.get("accelerators") or []
+    where = f"{len(accelerators)} accelerator(s) ({', '.join(accelerators)})" if accelerators else \
+        f"{machine.get('cpu_cores')}-core CPU"
+    return f"{machine.get('backend')}, {where}"
 
 
 def _images_per_sec(summary):

@@ -150,10 +150,13 @@ class JaxTrainer(Trainer):
         return {"name": "jax", "replicas": self.replicas,
                 "devices": [f"{d.platform}:{d.id}" for d in self.devices]}
 
-    def _summary(self, state, wall_time):
-        summary = super()._summary(state, wall_time)
-        summary["backend"] = {"name": "jax", "version": jax.__version__}
-        return summary
+    def _machine(self):
+        import platform
+
+        accelerators = [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip() for d in self.devices
+                        if d.platform != "cpu"]
+        return {"host": platform.node(), "cpu_cores": os.cpu_count(), "accelerators": accelerators,
+                "backend": "jax", "versions": {"jax": jax.__version__, "keras": keras.__version__}}
 
 
 class _StageState:

@@ -12,6 +12,7 @@ the Keras backend (devices, checkpoints, the step, the input pipeline) sits in o
 
 import dataclasses
 import os
+import platform
 import time
 
 import keras
@@ -195,6 +196,12 @@ class Trainer:
 
     def _strategy_summary(self):
         return {"name": self.config.strategy, "replicas": int(self.replicas)}
+
+    def _machine(self):
+        """Where the run was made (results tables say on which machine and backend each number was made)."""
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        return {"host": platform.node(), "cpu_cores": os.cpu_count(), "accelerators": gpus,
+                "backend": "tensorflow", "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
 
     # --- files ----------------------------------------------------------------------------------------
     def _knn_monitor(self):
@@ -449,6 +456,7 @@ class Trainer:
                         "unreadable": dict(self.source.unreadable)},
             "backbone": {"file": BACKBONE_FILE, "name": c.backbone, "parameters": int(self.backbone.count_params())},
             "strategy": self._strategy_summary(),
+            "machine": self._machine(),
             "stages": sorted(state.stages, key=lambda s: s["stage"]),
             "wall_time_s": wall_time,
         }
