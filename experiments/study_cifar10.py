@@ -388,6 +388,9 @@ def main(argv=None):
     except PSLError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the trainer saved the steps done; evaluations are cached per probe
+        print("\nInterrupted. Run the same command again to continue where the study stopped.", file=sys.stderr)
+        return 130
     return 0
 
 
