@@ -182,9 +182,10 @@ def evaluate(name, path, args, sources):
         config = eval_settings(args, epochs)
         print(f"\n=== {name}: {key}", flush=True)
         if key == "knn":
-            result = {str(k): v for k, v in protocols.knn_by_k(run, config, KNN_K, sources).items()}
+            by_k = protocols.knn_by_k(run, config, KNN_K, sources, verbose=args.verbose)
+            result = {str(k): v for k, v in by_k.items()}
         else:
-            result = protocols.all_blocks(run, config, strategy, sources)
+            result = protocols.all_blocks(run, config, strategy, sources, verbose=args.verbose)
             result = {b: result.get(b) for b in ("B1", "B2", "B3", "B4", "B5")}
         results[key] = {"result": result, "epochs": config.epochs, "seconds": time.time() - started}
         os.makedirs(os.path.dirname(cache), exist_ok=True)

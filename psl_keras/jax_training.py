@@ -15,6 +15,7 @@ files: evaluate.py (TensorFlow) and the demo load them.
 """
 
 import contextlib
+import dataclasses
 import os
 
 import jax
@@ -42,6 +43,11 @@ class JaxTrainer(Trainer):
     Usage: `JaxTrainer(config).train()` (train.py --backend jax)."""
 
     # --- devices and set-up ----------------------------------------------------------------------------
+    def _own_backend(self, config):
+        # TrainConfig's backend defaults to tensorflow; choosing this class is choosing JAX, and the run
+        # must record it (train.py passes backend="jax" already).
+        return dataclasses.replace(config, backend="jax")
+
     def _set_up_devices(self, strategy):
         if strategy is not None:
             raise PSLError("JaxTrainer takes no tf.distribute strategy: it uses the process's local JAX devices.")

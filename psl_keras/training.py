@@ -73,6 +73,7 @@ class Trainer:
                  knn_source=None):
         """`source` / `knn_source` (`data.ImageSource`s) replace loading config.dataset's training split and
         the kNN monitor's held-out split, e.g. for synthetic data."""
+        config = self._own_backend(config)
         self.config = config
         self._given_source = source
         self._given_knn_source = knn_source
@@ -85,6 +86,15 @@ class Trainer:
         self._validate()
 
     # --- set-up ---------------------------------------------------------------------------------------
+    def _own_backend(self, config):
+        """The trainer class is the backend: a run records the one it trained with, so a resume with the
+        other is refused as a changed setting."""
+        if config.backend != "tensorflow":
+            raise PSLError(f"TrainConfig(backend={config.backend!r}) is trained by "
+                           f"psl_keras.jax_training.JaxTrainer (train.py --backend jax); Trainer trains with "
+                           f"TensorFlow.")
+        return config
+
     def _task_options(self, c):
         """Every task option, recorded in the run's config so a later change of a default never changes
         the run. Resuming, the saved run's values fill in the options not given again (a run saved before

@@ -212,6 +212,20 @@ def test_a_jax_trained_run_is_evaluated_by_evaluate_py_and_shown_by_the_demo(jax
     assert loaded.task.name == "rotation" and [head.stage for head, _ in loaded.stages()] == [1, 2, 3]
 
 
+def test_a_jax_trainer_built_in_python_records_the_jax_backend(tmp_path):
+    # TrainConfig's backend defaults to tensorflow; a JaxTrainer run must still say it was made with JAX, or a
+    # resume by the TensorFlow trainer would not be refused.
+    out = run(f"""
+import sys
+sys.modules["tensorflow"] = None
+from psl_keras.config import TrainConfig
+from psl_keras.jax_training import JaxTrainer
+trainer = JaxTrainer(TrainConfig(output_dir={str(tmp_path / "run")!r}), verbose=0)
+print("backend", trainer.config.backend)
+""", "jax")
+    assert out.strip().splitlines()[-1] == "backend jax"
+
+
 def test_jax_backend_refuses_what_it_cannot_do(tmp_path):
     result = train_without_tf(["--dataset", "cifar10", "--output_dir", str(tmp_path / "r")], check=False)
     assert result.returncode == 2 and "python -m psl_keras.arrays" in result.stderr

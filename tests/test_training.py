@@ -104,6 +104,8 @@ def test_bad_settings_are_clear_errors(tmp_path, synthetic_source):
         Trainer(tiny_config(tmp_path, batch_size=128), source=synthetic_source, verbose=0).train()
     with pytest.raises(PSLError, match="Unknown task"):
         Trainer(tiny_config(tmp_path, task="colorize"), source=synthetic_source, verbose=0).train()
+    with pytest.raises(PSLError, match="trained by psl_keras.jax_training.JaxTrainer"):
+        Trainer(tiny_config(tmp_path, backend="jax"), source=synthetic_source, verbose=0)
 
 
 def test_knn_monitor_reports_the_stage_blocks_accuracy_every_epoch(tmp_path, synthetic_source):
