@@ -58,3 +58,13 @@ def test_the_trainer_takes_its_stage_count_from_the_task(tmp_path):
             Trainer(tiny_config(tmp_path, task="rotation", stage_windows="1-3,3-5"), verbose=0)
     finally:
         del TASKS["two_level_rotation"]
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_the_hooks_the_stage_step_calls_convert_with_autograph(name):
+    # A hook AutoGraph cannot convert still runs (as-is), but every run then prints TensorFlow's "please report
+    # this" warning twice per stage; a body that is a docstring alone was such a hook.
+    task = build_task(name, 32, head_hidden=8, options=OPTIONS.get(name))
+    for hook in ("backbone_images", "stage_outputs", "objective", "after_step", "per_example_loss",
+                 "per_example_correct"):
+        tf.autograph.to_graph(getattr(task, hook))  # raises where it cannot convert

@@ -108,6 +108,7 @@ class Task:
 
     def after_step(self, stage_model, outputs):
         """Runs after each optimizer step, in the replica context (MoCo: momentum update, enqueue)."""
+        return None  # a statement: AutoGraph cannot convert a body that is a docstring alone, and warns
 
     # --- objective ------------------------------------------------------------------------------------
     def per_example_loss(self, labels, outputs):
