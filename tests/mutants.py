@@ -178,6 +178,9 @@ MUTANTS = (
            (("inputs, labels = jax.device_put(inputs, sharding), jax.device_put(labels, sharding)",
              "inputs, labels = inputs[: len(inputs) // len(self.devices)], labels[: len(labels) // len(self.devices)]"),),
            JAX),
+    Mutant("J4", "a JaxTrainer built in Python records the TensorFlow backend (a TF resume is not refused)",
+           "psl_keras/jax_training.py",
+           (('return dataclasses.replace(config, backend="jax")', "return config"),), JAX),
     # --- evaluation: what probes, kNN and fine-tuning see -------------------------------------------
     Mutant("E1", "probe backbone not frozen (trainable, BatchNorm in training mode)", "psl_keras/evaluation/linear.py",
            (("outputs = self.backbone(images, training=False)",
