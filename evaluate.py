@@ -33,6 +33,8 @@ flags.DEFINE_bool("download", True, "Download and prepare a TFDS dataset missing
 flags.DEFINE_enum("on_bad_image", "skip", ["skip", "error"], "Image folders: files that cannot be decoded are left "
                   "out and named (skip) or stop the evaluation (error).")
 flags.DEFINE_string("output_dir", "eval", "Where tables and plots are written.")
+flags.DEFINE_string("resume_dir", "", "Folder where probe and fine-tuning training keep their state after every "
+                    "epoch; the same command again continues an interrupted evaluation from its last finished epoch.")
 define_number("epochs", 10, "Probe / fine-tuning epochs.", positive_int())
 define_number("steps_per_epoch", 0, "Cap on steps per epoch (0: full passes), for smoke runs.", non_negative_int())
 define_number("batch_size", 256, "Global batch size.", positive_int())
@@ -82,6 +84,7 @@ def _config():
         schedule=FLAGS.schedule, schedule_pattern=FLAGS.schedule_pattern, blocks=blocks, k=neighbours[0],
         temperature=FLAGS.temperature, knn_train_examples=FLAGS.knn_train_examples,
         label_ids_file=FLAGS.label_ids_file, on_bad_image=FLAGS.on_bad_image, download=FLAGS.download,
+        resume_dir=FLAGS.resume_dir,
     )
 
 

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -179,7 +180,9 @@ def evaluate(name, path, args, sources):
         if key in results or key not in args.probes:
             continue
         started = time.time()
-        config = eval_settings(args, epochs)
+        # Probe training keeps its state per epoch here, so a sitting that ends mid-probe loses one epoch at most.
+        state_dir = os.path.join(args.runs_dir, "eval", "state", f"{name}_{key}")
+        config = dataclasses.replace(eval_settings(args, epochs), resume_dir=state_dir)
         print(f"\n=== {name}: {key}", flush=True)
         if key == "knn":
             by_k = protocols.knn_by_k(run, config, KNN_K, sources, verbose=args.verbose)
@@ -192,6 +195,7 @@ def evaluate(name, path, args, sources):
         with open(cache + ".tmp", "w") as f:
             json.dump(results, f, indent=1)
         os.replace(cache + ".tmp", cache)
+        shutil.rmtree(state_dir, ignore_errors=True)  # the result is cached; the training state is done with
     return results
 
 

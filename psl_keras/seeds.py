@@ -2,8 +2,9 @@
 
 import numpy as np
 
-# Purposes: the training data of a (stage, epoch), a stage head's initialisation, the probes' data of an epoch.
-DATA_SEED, HEAD_SEED, PROBE_DATA_SEED = 1, 2, 3
+# Purposes: the training data of a (stage, epoch), a stage head's initialisation, the probes' data of an epoch,
+# a probe head's (or fine-tuning classifier's) initialisation.
+DATA_SEED, HEAD_SEED, PROBE_DATA_SEED, PROBE_HEAD_SEED = 1, 2, 3, 4
 
 
 def derived_seed(*parts):

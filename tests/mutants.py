@@ -210,6 +210,14 @@ MUTANTS = (
     Mutant("E10", "labelled subset not class-balanced", "psl_keras/evaluation/protocols.py",
            (("chosen.append(np.sort(rng.permutation(members)[:per_class]))",
              "chosen.append(np.sort(rng.permutation(members)[:per_class + c % 2]))"),), EVALUATION),
+    Mutant("E11", "a continued probe's state leaves out the heads' BatchNorm statistics (a model's list of heads "
+           "is not tracked by tf.train.Checkpoint)", "psl_keras/evaluation/protocols.py",
+           (('state=_epoch_state({**{f"head_{name}": head for name, head in zip(model.block_names, model.heads)},',
+             'state=_epoch_state({"model": model, **{},'),), EVALUATION),
+    Mutant("E12", "probe heads initialised from the process's random state, not the evaluation seed",
+           "psl_keras/evaluation/linear.py",
+           (("GlorotUniform(\n                    derived_seed(seed, PROBE_HEAD_SEED, BLOCK_NAMES.index(name)))",
+             "GlorotUniform(None)"),), EVALUATION),
     Mutant("C1", "NT-Xent negatives only from the replica's own batch", "psl_keras/distribute.py",
            (("    if context is None or context.num_replicas_in_sync == 1:\n        return values, 0",
              "    if True:\n        return values, 0"),), CONTRASTIVE),
@@ -271,7 +279,7 @@ def failing_without_mutants(root, tests):
     """Tests that already fail on the unmutated copy (an older suite against today's code): deselected, so
     that they do not count as catching anything."""
     tests = [t for t in tests if os.path.exists(os.path.join(root, t))]
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=root, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-q", *tests], cwd=root, capture_output=True,
                             text=True)
     return [name.split(" ")[0] for name in re.findall(r"^FAILED (\S+)", result.stdout, re.MULTILINE)]
 
@@ -288,7 +296,7 @@ def run(mutant, root, tests=None, timeout=1800, deselect=()):
     start = time.time()
     try:
         deselected = [arg for name in deselect for arg in ("--deselect", name)]
-        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *tests, *deselected], cwd=root,
+        result = subprocess.run([sys.executable, "-m", "pytest", "-n", "0", "-x", "-q", *tests, *deselected], cwd=root,
                                 capture_output=True, text=True, timeout=timeout)
     finally:
         with open(path, "w") as f:

@@ -223,3 +223,44 @@ def test_transfer_probe_scores_multi_label_data_with_map(tmp_path):
     result = protocols.all_blocks(run, config, tf.distribute.get_strategy(), (multi_label(256), multi_label(64)),
                                   verbose=0)
     assert result["metric"] == "mAP" and result["B1"] > 0.9  # each label is one colour channel's brightness
+
+
+def test_an_interrupted_probe_continues_from_its_last_epoch_with_resume_dir(tmp_path, monkeypatch):
+    """Probe training keeps its state per epoch in --resume_dir: killed in epoch 2, the same call continues
+    after epoch 1 (running only the epochs left) and ends where an unbroken run ends."""
+    run = _save_tiny_backbone(tmp_path)
+    sources = (_linear_dataset(256, 0), _linear_dataset(64, 1))
+    strategy = tf.distribute.get_strategy()
+    models = _capture_evaluated_models(monkeypatch)
+    config = protocols.EvalConfig(epochs=3, batch_size=64, lr=0.05, blocks=("B1", "B5"))
+    unbroken = protocols.all_blocks(run, config, strategy, sources, verbose=0)
+    unbroken_heads = [keras.ops.convert_to_numpy(w) for w in models[-1].heads[1].weights]
+
+    config = protocols.EvalConfig(epochs=3, batch_size=64, lr=0.05, blocks=("B1", "B5"),
+                                  resume_dir=str(tmp_path / "state"))
+    epochs_run = []
+    original = protocols.loop.run_epoch
+
+    def killed_in_epoch_2(*args, **kwargs):
+        epochs_run.append(1)
+        if len(epochs_run) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(protocols.loop, "run_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        protocols.all_blocks(run, config, strategy, sources, verbose=0)
+    epochs_run.clear()
+    monkeypatch.setattr(protocols.loop, "run_epoch",
+                        lambda *args, **kwargs: (epochs_run.append(1), original(*args, **kwargs))[1])
+    resumed = protocols.all_blocks(run, config, strategy, sources, verbose=0)
+    assert len(epochs_run) == 2  # epochs 2 and 3: epoch 1 came from the state folder
+    resumed_heads = [keras.ops.convert_to_numpy(w) for w in models[-1].heads[1].weights]
+    for ours, theirs in zip(resumed_heads, unbroken_heads):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)  # multi-threaded kernels: rounding
+    assert abs(resumed["B5"] - unbroken["B5"]) <= 2 / 64  # at most a borderline example or two
+    # A folder of other settings is refused by name, not silently mixed in.
+    other = protocols.EvalConfig(epochs=3, batch_size=64, lr=0.1, blocks=("B1", "B5"),
+                                 resume_dir=str(tmp_path / "state"))
+    with pytest.raises(PSLError, match="differs in lr"):
+        protocols.all_blocks(run, other, strategy, sources, verbose=0)

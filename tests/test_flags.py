@@ -48,7 +48,7 @@ UNCHECKED = {
                  "knn_split", "jigsaw_set_sizes", "resume", "sync_bn", "nesterov", "jit_compile",
                  "mixed_precision", "knn_monitor", "deterministic", "download"},
     "evaluate.py": {"runs", "dataset", "data_dir", "train_split", "eval_split", "output_dir", "schedule_pattern",
-                    "blocks", "label_ids_file", "download"},
+                    "blocks", "label_ids_file", "download", "resume_dir"},
     "apps/demo.py": {"runs_dir", "data_dir", "gallery", "host", "share", "cache_dir", "download"},
 }
 

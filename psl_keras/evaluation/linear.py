@@ -15,6 +15,7 @@ from keras import layers, ops
 
 from psl_keras import optim
 from psl_keras.backbones import BLOCK_NAMES
+from psl_keras.seeds import PROBE_HEAD_SEED, derived_seed
 
 TARGET_DIMS = 9216
 
@@ -40,7 +41,7 @@ class AllBlocksProbe(keras.Model):
     """
 
     def __init__(self, backbone, image_size, num_classes, global_batch_size, weight_decay=5e-4,
-                 blocks=BLOCK_NAMES, multi_label=False, **kwargs):
+                 blocks=BLOCK_NAMES, multi_label=False, seed=0, **kwargs):
         super().__init__(name=kwargs.pop("name", "all_blocks_probe"), **kwargs)
         self.backbone = backbone
         self.block_names = list(blocks)
@@ -63,7 +64,9 @@ class AllBlocksProbe(keras.Model):
                 # No learned scale or offset; momentum 0.9 so the statistics used at test time have
                 # caught up with the features even in short probe runs.
                 layers.BatchNormalization(center=False, scale=False, momentum=0.9),
-                layers.Dense(self.num_classes, dtype="float32"),
+                # Seeded: a probe's result must not depend on what else the process evaluated before it.
+                layers.Dense(self.num_classes, dtype="float32", kernel_initializer=keras.initializers.GlorotUniform(
+                    derived_seed(seed, PROBE_HEAD_SEED, BLOCK_NAMES.index(name)))),
             ], name=f"probe_{name}"))
 
     def block_features(self, images):

@@ -10,6 +10,9 @@ strategy; the frozen forward happens once per batch for all five heads.
 """
 
 import dataclasses
+import json
+import os
+import re
 
 import keras
 import numpy as np
@@ -24,7 +27,7 @@ from psl_keras.evaluation import knn as knn_lib
 from psl_keras.evaluation.linear import AllBlocksProbe, mean_average_precision, top_k_correct
 from psl_keras.evaluation.preprocessing import center_view, train_view
 from psl_keras.evaluation.runs import check_resolution, load_backbone
-from psl_keras.seeds import PROBE_DATA_SEED, derived_seed
+from psl_keras.seeds import PROBE_DATA_SEED, PROBE_HEAD_SEED, derived_seed
 
 
 @dataclasses.dataclass
@@ -50,6 +53,9 @@ class EvalConfig:
     knn_train_examples: int = 0  # 0 = the whole training split as the kNN bank
     label_fraction: float = 0.01
     label_ids_file: str = ""
+    # Where probe and fine-tuning training save their state after every epoch; an interrupted evaluation given
+    # the same folder continues from its last finished epoch ("" = no state kept).
+    resume_dir: str = ""
 
 
 # Linear heads on ~9k-dim pooled features: Goyal et al.'s 0.01 (0.1 overshoots, measured on CIFAR-10 runs);
@@ -104,11 +110,70 @@ def evaluate(model, source, image_size, config):
     return totals
 
 
-def fit(model, strategy, source, image_size, config, verbose=1, label=""):
-    """Trains `model.train_step` for config.epochs on (augmented view, label) batches of `source`."""
+class EpochState:
+    """The trained variables and the optimizer after each finished epoch of probe or fine-tuning training, in
+    `directory` with the settings they belong to. The data order depends on (seed, epoch) only, so training
+    continued from epoch e draws the batches an unbroken run would have drawn."""
+
+    SETTINGS_FILE = "settings.json"
+
+    def __init__(self, directory, objects, settings):
+        """`objects`: name -> the models and optimizer to keep, named explicitly: a Keras model's list of
+        sub-models is not tracked by tf.train.Checkpoint (their BatchNorm statistics would be left out)."""
+        self.directory = directory
+        self.settings = json.loads(json.dumps(settings))  # tuples as lists: comparable with the file
+        self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.checkpoint = tf.train.Checkpoint(epochs_done=self.epochs_done, **objects)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
+
+    def restore(self):
+        """Epochs already done (0 for a new folder); refuses a folder holding another evaluation's state."""
+        path = os.path.join(self.directory, self.SETTINGS_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            changed = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
+            if changed:
+                raise PSLError(f"{self.directory} holds the training state of another evaluation (it differs in "
+                               f"{', '.join(changed)}). Give another --resume_dir, or delete that folder.")
+        else:
+            os.makedirs(self.directory, exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(self.settings, f, indent=1)
+            os.replace(path + ".tmp", path)
+        if not self.manager.latest_checkpoint:
+            return 0
+        self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
+        return int(self.epochs_done.numpy())
+
+    def save(self, epochs_done):
+        # CheckpointManager writes the files first and names them in its index last: a process killed while
+        # saving leaves the previous epoch's state in force.
+        self.epochs_done.assign(epochs_done)
+        self.manager.save()
+
+
+def _epoch_state(objects, strategy, config, protocol, run, extra=None):
+    """An EpochState in config.resume_dir/PROTOCOL_RUN, or None without a resume_dir."""
+    if not config.resume_dir:
+        return None
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        raise PSLError("--resume_dir keeps evaluation state on one machine; leave it out with multi_worker.")
+    settings = {**dataclasses.asdict(config), "resume_dir": None, "protocol": protocol, "run": run.name,
+                "backbone": os.path.abspath(run.backbone_path), **(extra or {})}
+    folder = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{protocol}_{config.dataset}_{run.name}")
+    return EpochState(os.path.join(config.resume_dir, folder), objects, settings)
+
+
+def fit(model, strategy, source, image_size, config, verbose=1, label="", state=None):
+    """Trains `model.train_step` for config.epochs on (augmented view, label) batches of `source`; with an
+    EpochState, continues after the epochs it holds and saves every epoch."""
     steps = _steps(config, source)
     step = loop.distributed_step(strategy, model.train_step)
-    for epoch in range(config.epochs):
+    first_epoch = state.restore() if state else 0
+    if verbose and first_epoch:
+        print(f"{label}: continuing after epoch {first_epoch} ({state.directory})")
+    for epoch in range(first_epoch, config.epochs):
         seed = derived_seed(config.seed, PROBE_DATA_SEED, epoch)
         dataset = loop.distributed_dataset(strategy, lambda ctx: data_lib.training_pipeline(
             source, lambda image, label_, s: (train_view(image, s, image_size), label_), config.batch_size,
@@ -128,6 +193,8 @@ def fit(model, strategy, source, image_size, config, verbose=1, label=""):
                 raise PSLError(f"{label}: the loss diverged ({np.mean(losses)}); lower --lr.")
 
         loop.run_epoch(step, iter(dataset), steps, totals, after_step=after_step)
+        if state:
+            state.save(epoch + 1)
 
 
 # --- protocols --------------------------------------------------------------------------------------
@@ -140,10 +207,13 @@ def all_blocks(run, config, strategy, sources=None, verbose=1):
         backbone = load_backbone(run)
         image_size = check_resolution(backbone, train, run.name)
         model = AllBlocksProbe(backbone, image_size, train.num_classes, config.batch_size,
-                               config.weight_decay, config.blocks, multi_label=train.multi_label)
+                               config.weight_decay, config.blocks, multi_label=train.multi_label, seed=config.seed)
         _compile(model, config, _steps(config, train),
                  [v for head in model.heads for v in head.trainable_variables], LINEAR_LR)
-    fit(model, strategy, train, image_size, config, verbose, label=f"[{run.name}] linear probes")
+    fit(model, strategy, train, image_size, config, verbose, label=f"[{run.name}] linear probes",
+        state=_epoch_state({**{f"head_{name}": head for name, head in zip(model.block_names, model.heads)},
+                            "optimizer": model.optimizer}, strategy, config, "linear", run,
+                           {"dataset_name": train.name}))
     totals = evaluate(model, held_out, image_size, config)
     result = {"geometry": model.geometry, "metric": "mAP" if train.multi_label else "top1"}
     for name in model.block_names:
@@ -195,11 +265,12 @@ def balanced_subset(labels, fraction, seed, num_classes=None):
 class FineTuneClassifier(keras.Model):
     """The whole backbone plus a new linear head on pooled B5, all trained (semi-supervised protocol)."""
 
-    def __init__(self, backbone, num_classes, global_batch_size, weight_decay=5e-4, **kwargs):
+    def __init__(self, backbone, num_classes, global_batch_size, weight_decay=5e-4, seed=0, **kwargs):
         super().__init__(name=kwargs.pop("name", "fine_tune"), **kwargs)
         self.backbone = backbone
         self.pool = layers.GlobalAveragePooling2D()
-        self.classifier = layers.Dense(num_classes, dtype="float32")
+        initializer = keras.initializers.GlorotUniform(derived_seed(seed, PROBE_HEAD_SEED))
+        self.classifier = layers.Dense(num_classes, dtype="float32", kernel_initializer=initializer)
         self.num_classes = num_classes
         self.global_batch_size = global_batch_size
         self.weight_decay = weight_decay
@@ -256,14 +327,18 @@ def semi(run, config, strategy, fraction, sources=None, verbose=1):
         backbone = load_backbone(run)
         image_size = check_resolution(backbone, train, run.name)
         backbone.trainable = True
-        model = FineTuneClassifier(backbone, train.num_classes, config.batch_size, config.weight_decay)
+        model = FineTuneClassifier(backbone, train.num_classes, config.batch_size, config.weight_decay,
+                                   seed=config.seed)
         model(np.zeros((1, image_size, image_size, 3), "float32"))
         sub_config = dataclasses.replace(config, batch_size=min(config.batch_size, len(indices)))
         _compile(model, sub_config, _steps(sub_config, subset),
                  backbone.trainable_variables + model.classifier.trainable_variables, SEMI_LR)
     model.global_batch_size = sub_config.batch_size
     fit(model, strategy, subset, image_size, sub_config, verbose,
-                 label=f"[{run.name}] fine-tune on {len(indices)} labels ({fraction:g})")
+        label=f"[{run.name}] fine-tune on {len(indices)} labels ({fraction:g})",
+        state=_epoch_state({"backbone": model.backbone, "classifier": model.classifier,
+                            "optimizer": model.optimizer}, strategy, sub_config, "semi", run,
+                           {"fraction": fraction, "labelled_examples": int(len(indices))}))
     totals = evaluate(model, held_out, image_size, sub_config)
     return {"fraction": fraction if not config.label_ids_file else None, "labelled_examples": int(len(indices)),
             "top1": totals["top1"] / totals["count"], "top5": totals["top5"] / totals["count"]}
