@@ -247,7 +247,7 @@ def report(args, specs):
             cells.append(" / ".join(mean_spread(list(stage)) for stage in zip(*pretext)))
             cells.append(mean_spread([_train_minutes(summary) for _, summary, _ in entries]))
             cells.append(mean_spread([_images_per_sec(summary) for _, summary, _ in entries]))
-            cells.append(", ".join(sorted({_made_on(summary) for _, summary, _ in entries})))
+            cells.append("; ".join(sorted({_made_on(summary) for _, summary, _ in entries})))
             lines.append("| " + " | ".join(cells) + " |")
         if random_row:
             cells = ["random init", "1"]
