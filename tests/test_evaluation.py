@@ -1,3 +1,4 @@
+import dataclasses
 import os
 
 import keras
@@ -259,6 +260,10 @@ def test_an_interrupted_probe_continues_from_its_last_epoch_with_resume_dir(tmp_
     for ours, theirs in zip(resumed_heads, unbroken_heads):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)  # multi-threaded kernels: rounding
     assert abs(resumed["B5"] - unbroken["B5"]) <= 2 / 64  # at most a borderline example or two
+    # Settings that do not change probe training (kNN's k here) may differ: the finished state is reused as is.
+    epochs_run.clear()
+    again = protocols.all_blocks(run, dataclasses.replace(config, k=5), strategy, sources, verbose=0)
+    assert epochs_run == [] and abs(again["B5"] - resumed["B5"]) <= 1 / 64
     # A folder of other settings is refused by name, not silently mixed in.
     other = protocols.EvalConfig(epochs=3, batch_size=64, lr=0.1, blocks=("B1", "B5"),
                                  resume_dir=str(tmp_path / "state"))

@@ -132,7 +132,8 @@ class EpochState:
         if os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
-            changed = sorted(k for k in set(saved) | set(self.settings) if saved.get(k) != self.settings.get(k))
+            # Settings recorded on both sides only: a field added to EvalConfig later does not orphan the folder.
+            changed = sorted(k for k in set(saved) & set(self.settings) if saved[k] != self.settings[k])
             if changed:
                 raise PSLError(f"{self.directory} holds the training state of another evaluation (it differs in "
                                f"{', '.join(changed)}). Give another --resume_dir, or delete that folder.")
@@ -153,14 +154,20 @@ class EpochState:
         self.manager.save()
 
 
+# EvalConfig fields that do not change what probe or fine-tuning training computes (where the data is, kNN's
+# settings, the split scored afterwards): a continued evaluation may give them differently.
+NOT_TRAINING_SETTINGS = {"data_dir", "download", "resume_dir", "eval_split", "k", "temperature",
+                         "knn_train_examples", "label_fraction"}
+
+
 def _epoch_state(objects, strategy, config, protocol, run, extra=None):
     """An EpochState in config.resume_dir/PROTOCOL_RUN, or None without a resume_dir."""
     if not config.resume_dir:
         return None
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise PSLError("--resume_dir keeps evaluation state on one machine; leave it out with multi_worker.")
-    settings = {**dataclasses.asdict(config), "resume_dir": None, "protocol": protocol, "run": run.name,
-                "backbone": os.path.abspath(run.backbone_path), **(extra or {})}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_TRAINING_SETTINGS}
+    settings.update(protocol=protocol, run=run.name, backbone=os.path.abspath(run.backbone_path), **(extra or {}))
     folder = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{protocol}_{config.dataset}_{run.name}")
     return EpochState(os.path.join(config.resume_dir, folder), objects, settings)
 
