@@ -118,6 +118,45 @@ def command_line(script, settings, preset="cifar10_small"):
     return " ".join(parts)
 
 
+def eval_command_lines(args, specs):
+    """evaluate.py commands that make the study's evaluations: its kNN, linear and longer linear probes, with the
+    settings of `eval_settings` (the script runs the same protocols in this process and caches each run's results
+    in RUNS/eval/NAME.json instead of one table per call)."""
+    from psl_keras.evaluation.protocols import EvalConfig
+
+    defaults = EvalConfig()
+
+    def flags_of(config):
+        parts = [f"--data_dir {config.data_dir}"]
+        for field in dataclasses.fields(EvalConfig):
+            value = getattr(config, field.name)
+            if isinstance(value, bool):  # always spelled out: evaluate.py's --download defaults to True
+                parts.append(f"--{field.name}" if value else f"--no{field.name}")
+                continue
+            if field.name in ("data_dir", "k", "resume_dir") or value == getattr(defaults, field.name):
+                continue
+            value = ",".join(value) if isinstance(value, tuple) else value
+            parts.append(f"--{field.name} '{value}'" if "[" in str(value) else f"--{field.name} {value}")
+        return " ".join(parts)
+
+    def runs(names):
+        return ",".join(f"{n}={paths[n]}" for n in names)
+
+    paths = {s.name: os.path.join(args.runs_dir, s.name) for s in specs}
+    paths["random_init"] = os.path.join(args.runs_dir, "random_init.keras")
+    names = list(paths)
+    long_names = [s.name for s in specs if s.name in args.long_probes]
+    cli_dir = os.path.join(args.runs_dir, "eval_cli")
+    lines = [f"# {paths['random_init']}: written by --step evaluate (the backbone at its seed-0 initial weights)",
+             f"python evaluate.py --probe knn --k {','.join(map(str, KNN_K))} {flags_of(eval_settings(args))} "
+             f"--runs {runs(names)} --output_dir {cli_dir}/knn"]
+    for key, epochs, selected in (("linear", LINEAR_EPOCHS, names), ("linear_long", LONG_LINEAR_EPOCHS, long_names)):
+        if selected:
+            lines.append(f"python evaluate.py --probe all-blocks {flags_of(eval_settings(args, epochs))} "
+                         f"--runs {runs(selected)} --output_dir {cli_dir}/{key} --resume_dir {cli_dir}/state_{key}")
+    return lines
+
+
 # --- training -------------------------------------------------------------------------------------------
 def train(spec, args):
     import keras
@@ -363,7 +402,8 @@ def main(argv=None):
     parser.add_argument("--probes", default="knn,linear,linear_long",
                         help="evaluations to run: knn, linear, linear_long (the longer probes of --long_probes)")
     parser.add_argument("--tiny", action="store_true", help="smoke budget (CI): every run and step, minutes")
-    parser.add_argument("--print_commands", action="store_true", help="print the train.py command of each run")
+    parser.add_argument("--print_commands", action="store_true", help="print the train.py command of each run and the evaluate.py commands of the "
+                        "evaluations")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
     steps = [s for s in args.step.split(",") if s]
@@ -384,6 +424,7 @@ def main(argv=None):
     if args.print_commands:
         for spec in specs:
             print(command_line("train.py", train_settings(spec, args)))
+        print("\n".join(eval_command_lines(args, specs)))
         return 0
     from psl_keras.errors import PSLError
 

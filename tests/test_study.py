@@ -44,3 +44,67 @@ def test_tiny_study_trains_evaluates_and_reports_every_run(tmp_path):
     again = study(tmp_path)
     assert "=== " not in again
     assert open(tmp_path / "results.md").read() == tables
+
+
+# Parses each printed command with its CLI's own flags and builds the config the CLI would run with.
+CLI_CONFIGS = r"""
+import dataclasses, json, shlex, sys
+from absl import flags
+script, lines = sys.argv[1], json.load(sys.stdin)
+sys.argv = [script]
+module = __import__(script)
+configs = []
+for line in lines:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(shlex.split(line)[1:])
+    if script == "train":
+        from psl_keras.config import resolve_config
+        configs.append(resolve_config(flags.FLAGS.config, module.explicit_settings()).to_dict())
+    else:
+        config = dataclasses.asdict(module._config())
+        config.update(k=module._neighbours(), runs=flags.FLAGS.runs, probe=flags.FLAGS.probe)
+        configs.append(config)
+print(json.dumps(configs))
+"""
+
+
+def cli_configs(script, lines):
+    result = subprocess.run([sys.executable, "-c", CLI_CONFIGS, script], input=json.dumps(lines),
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_printed_commands_run_the_study_settings(tmp_path):
+    """--print_commands gives train.py / evaluate.py lines that make the same configs the study runs in-process."""
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    import dataclasses
+
+    import study_cifar10
+    from psl_keras.config import resolve_config
+
+    result = subprocess.run([sys.executable, SCRIPT, "--print_commands", "--runs_dir", str(tmp_path), "--data_dir",
+                             "some/tfds"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    args = study_cifar10.argparse.Namespace(runs_dir=str(tmp_path), data_dir="some/tfds", tiny=False)
+    specs = study_cifar10.study_runs()
+
+    train_lines = [line for line in lines if line.startswith("python train.py ")]
+    expected = [resolve_config("cifar10_small", study_cifar10.train_settings(s, args)).to_dict() for s in specs]
+    assert cli_configs("train", train_lines) == expected
+    assert {c["mode"] for c in expected} == {"psl", "e2e", "sl", "psl_f"}  # e2e_equal is e2e with e2e_epochs
+
+    knn, linear, linear_long = cli_configs("evaluate", [l for l in lines if l.startswith("python evaluate.py ")])
+    names = [s.name for s in specs] + ["random_init"]
+    for config, epochs, probe in ((knn, 10, "knn"), (linear, 10, "all-blocks"), (linear_long, 20, "all-blocks")):
+        settings = dataclasses.asdict(study_cifar10.eval_settings(args, epochs))
+        assert {k: v for k, v in config.items() if k in settings and k not in ("k", "resume_dir")} == \
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k not in ("k", "resume_dir")}
+        assert config["probe"] == probe
+    assert knn["k"] == [200, 20]
+    assert [r.split("=")[0] for r in knn["runs"].split(",")] == names == [r.split("=")[0] for r in
+                                                                           linear["runs"].split(",")]
+    assert knn["runs"].endswith(f"random_init={tmp_path}/random_init.keras")
+    assert [r.split("=")[0] for r in linear_long["runs"].split(",")] == ["rotation_psl_s0", "rotation_e2e_s0"]
+    assert linear["resume_dir"] and linear_long["resume_dir"] != linear["resume_dir"]
