@@ -402,8 +402,8 @@ def main(argv=None):
     parser.add_argument("--probes", default="knn,linear,linear_long",
                         help="evaluations to run: knn, linear, linear_long (the longer probes of --long_probes)")
     parser.add_argument("--tiny", action="store_true", help="smoke budget (CI): every run and step, minutes")
-    parser.add_argument("--print_commands", action="store_true", help="print the train.py command of each run and the evaluate.py commands of the "
-                        "evaluations")
+    parser.add_argument("--print_commands", action="store_true",
+                        help="print the train.py command of each run and the evaluate.py commands of the evaluations")
     parser.add_argument("--verbose", type=int, default=1)
     args = parser.parse_args(argv)
     steps = [s for s in args.step.split(",") if s]
