@@ -105,16 +105,22 @@ def equal_compute_epochs(settings):
     return max(1, round(epochs))
 
 
+def _flag(name, value):
+    """One absl flag as a shell word or two: --name / --noname for booleans, split specs like train[:10000]
+    quoted."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no{name}"
+    return f"--{name} '{value}'" if "[" in str(value) else f"--{name} {value}"
+
+
 def command_line(script, settings, preset="cifar10_small"):
     task = settings.get("task")
     parts = [f"python {script}"] + ([f"--config {preset}"] if preset else [])
     for key, value in settings.items():
         if key == "task_options":
-            parts += [f"--{task}_{k} {v}" for k, v in value.items()]
-        elif isinstance(value, bool):
-            parts.append(f"--{key}" if value else f"--no{key}")
+            parts += [_flag(f"{task}_{k}", v) for k, v in value.items()]
         else:
-            parts.append(f"--{key} '{value}'" if "[" in str(value) else f"--{key} {value}")
+            parts.append(_flag(key, value))
     return " ".join(parts)
 
 
@@ -130,13 +136,11 @@ def eval_command_lines(args, specs):
         parts = [f"--data_dir {config.data_dir}"]
         for field in dataclasses.fields(EvalConfig):
             value = getattr(config, field.name)
-            if isinstance(value, bool):  # always spelled out: evaluate.py's --download defaults to True
-                parts.append(f"--{field.name}" if value else f"--no{field.name}")
+            if field.name in ("data_dir", "k", "resume_dir"):
                 continue
-            if field.name in ("data_dir", "k", "resume_dir") or value == getattr(defaults, field.name):
-                continue
-            value = ",".join(value) if isinstance(value, tuple) else value
-            parts.append(f"--{field.name} '{value}'" if "[" in str(value) else f"--{field.name} {value}")
+            # Booleans always spelled out: evaluate.py's --download defaults to True, EvalConfig's to False.
+            if isinstance(value, bool) or value != getattr(defaults, field.name):
+                parts.append(_flag(field.name, ",".join(value) if isinstance(value, tuple) else value))
         return " ".join(parts)
 
     def runs(names):

@@ -1,6 +1,7 @@
 """The CIFAR-10 study script (issue 14) end to end at its --tiny budget: every run trains, every evaluation is
 cached, the tables come out with mean ± spread over seeds, and a second call redoes nothing."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -75,11 +76,9 @@ def cli_configs(script, lines):
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_printed_commands_run_the_study_settings(tmp_path):
+def test_printed_commands_run_the_study_settings(tmp_path, monkeypatch):
     """--print_commands gives train.py / evaluate.py lines that make the same configs the study runs in-process."""
-    sys.path.insert(0, os.path.join(REPO, "experiments"))
-    import dataclasses
-
+    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments"))
     import study_cifar10
     from psl_keras.config import resolve_config
 
