@@ -46,6 +46,17 @@ def write_json_atomic(path, payload):
     _fsync_directory(directory)
 
 
+def write_text_atomic(path, text):
+    """Writes a text file so that a crash leaves either the old file or the new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".txt")
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+        fsync_file(f)
+    os.replace(tmp, path)
+    _fsync_directory(directory)
+
+
 def fsync_file(f):
     """Puts an open file's written bytes on disk (before it is renamed into place)."""
     f.flush()
@@ -89,7 +100,10 @@ class RunState:
     checkpoint: str = None  # the checkpoint holding the weights and optimizer state of this point
     stages: list = dataclasses.field(default_factory=list)  # the result of every finished stage
     previous: dict = None  # the point recorded before this one (its checkpoint is kept too), for rollback
-    epoch_logs: dict = None  # loss and accuracy of the last finished epoch of `stage`
+    epoch_logs: dict = None  # the logs (loss, accuracy, lr, ...) of the last finished epoch of `stage`
+    # The last point is an epoch's end whose callbacks (kNN monitor, log.csv, TensorBoard) have not all run:
+    # a kill among them is repaired on --resume by running them again from that point's checkpoint.
+    epoch_end_pending: bool = False
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -109,6 +123,7 @@ class RunState:
                              "checkpoint": self.checkpoint}
         if epoch_logs is not None:
             self.epoch_logs = dict(epoch_logs)
+        self.epoch_end_pending = epoch_logs is not None
         self.stage, self.epoch, self.step = stage, epoch, step
         self.totals = dict(totals) if totals else None
         self.checkpoint = checkpoint
@@ -120,7 +135,12 @@ class RunState:
         point, self.previous = self.previous, None
         self.stage, self.epoch, self.step = point["stage"], point["epoch"], point["step"]
         self.totals, self.checkpoint = point["totals"], point["checkpoint"]
+        self.epoch_end_pending = False  # a point is only ever rolled back to by the process that passed it
         return True
+
+    def epoch_ended(self):
+        """The last epoch's end callbacks have all run."""
+        self.epoch_end_pending = False
 
     def finish_stage(self, result):
         self.stages = [s for s in self.stages if s["stage"] != result["stage"]] + [result]

@@ -297,14 +297,16 @@ class Trainer:
             if stage.index == state.stage and state.epoch >= epochs:
                 # Trained, but the process may have died before the stage's result or files were written.
                 checkpoint.restore(state.checkpoint)
+                replayed = self._replay_epoch_end(model, state, global_epoch)
                 result = next((s for s in state.stages if s["stage"] == stage.index), None)
-                self._finish_stage(stage, model, state, result or self._recovered_result(stage, state,
-                                                                                         steps_per_epoch))
+                self._finish_stage(stage, model, state, result or self._recovered_result(
+                    stage, state, steps_per_epoch, replayed.get("knn_accuracy")))
                 continue
             resuming = stage.index == state.stage and (state.epoch or state.step)
             first_epoch = state.epoch if resuming else 0
             if resuming:
                 checkpoint.restore(state.checkpoint)
+                self._replay_epoch_end(model, state, global_epoch)
             else:
                 state.start_stage(stage.index)
             if self.verbose:
@@ -333,10 +335,27 @@ class Trainer:
         self.run_dir.save_model(self.backbone, stage_backbone_file(stage.index))
         self.run_dir.save_model(model.head, stage_head_file(stage.index))
 
-    def _recovered_result(self, stage, state, steps_per_epoch):
-        """The result of a stage whose process died after its last epoch was saved (timings and the kNN
-        monitor of that process are lost; loss and accuracy were saved with the epoch)."""
-        return {**self._stage_result(stage, steps_per_epoch, state.epoch_logs or {}), "recovered": True}
+    def _recovered_result(self, stage, state, steps_per_epoch, knn_accuracy=None):
+        """The result of a stage whose process died after its last epoch was saved (the timings of that
+        process are lost; loss and accuracy were saved with the epoch)."""
+        return {**self._stage_result(stage, steps_per_epoch, state.epoch_logs or {}, knn_accuracy=knn_accuracy),
+                "recovered": True}
+
+    def _replay_epoch_end(self, model, state, global_epoch):
+        """Runs the epoch-end callbacks of the last finished epoch again when a kill interrupted them (its
+        checkpoint holds the weights they saw), so its log row, TensorBoard point and kNN value are not lost.
+        Returns the logs as the callbacks left them ({} when nothing was pending)."""
+        if not state.epoch_end_pending:
+            return {}
+        self._sync_weights(model)
+        logs = dict(state.epoch_logs or {})
+        callbacks = self._callbacks(model)
+        callbacks.on_train_begin()
+        callbacks.on_epoch_end(global_epoch - 1, logs)
+        callbacks.on_train_end(logs)
+        state.epoch_ended()
+        self.run_dir.write_state(state)
+        return logs
 
     def _save_progress(self, checkpoint, state, stage, epoch, step, totals, epoch_logs=None):
         """Checkpoint, then record in state.json that `epoch` epochs and `step` more steps of `stage` are done.
@@ -428,9 +447,11 @@ class Trainer:
                 "accuracy": totals["correct"] / max(totals["count"], 1),
                 "lr": self._learning_rate(model),
             }
-            self._save_progress(checkpoint, state, stage, epoch + 1, 0, None,
-                                {"loss": logs["loss"], "accuracy": logs["accuracy"]})
+            self._save_progress(checkpoint, state, stage, epoch + 1, 0, None, logs)
             callbacks.on_epoch_end(global_epoch, logs)
+            if state.epoch_end_pending:  # recorded: a kill from here on needs no replay
+                state.epoch_ended()
+                self.run_dir.write_state(state)
             global_epoch += 1
             if self.chief and self.config.knn_monitor:
                 knn_accuracy = self._knn_monitor().last_accuracy

@@ -7,6 +7,7 @@ kill. After every kill what the run directory holds must load; at the end every 
 backbone is bit-identical to the one of an unbroken run with the same flags.
 """
 
+import csv
 import json
 import os
 import signal
@@ -80,6 +81,10 @@ def test_sigkill_at_seven_points_then_resume_ends_as_an_unbroken_run(tmp_path):
     with open(run / "summary.json") as f:
         summary = json.load(f)
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
+    # One log row per epoch, in order: a kill inside the epoch-end callbacks (the kNN monitor) must neither lose
+    # that epoch's row nor, replayed on --resume, write it twice.
+    with open(run / "log.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
     assert not [name for name in os.listdir(run) if name.startswith(".tmp_")]
     for a, b in zip(backbone_weights(run / "backbone.keras"),
                     backbone_weights(tmp_path / "unbroken" / "backbone.keras")):

@@ -87,6 +87,27 @@ def test_resume_after_interruption_gives_the_same_backbone(tmp_path, synthetic_s
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
     for a, b in zip(_weights(straight.backbone), _weights(resumed.backbone)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The interrupt came inside epoch 3's end callbacks, before its log row: --resume runs them again.
+    with open(os.path.join(config.output_dir, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [(float(r["stage"]), float(r["stage_epoch"])) for r in rows[2:4]] == [(2, 1), (2, 2)]
+
+
+def test_log_csv_replaces_a_replayed_epoch_and_drops_a_row_cut_short(tmp_path):
+    from psl_keras.callbacks import RunCSVLogger
+
+    path = tmp_path / "log.csv"
+    logger = RunCSVLogger(str(path))
+    logger.on_epoch_end(0, {"loss": 2.0})
+    logger.on_epoch_end(1, {"loss": 1.5})
+    logger.on_epoch_end(1, {"loss": 1.4})  # epoch 2's callbacks replayed after a kill that followed its row
+    with open(path, "a") as f:
+        f.write("3,1.")  # a row a kill cut short
+    logger.on_epoch_end(2, {"loss": 1.2})
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["loss"]) for r in rows] == [("1", "2.0"), ("2", "1.4"), ("3", "1.2")]
 
 
 def test_existing_run_is_never_overwritten_and_resume_checks_settings(tmp_path, synthetic_source):
