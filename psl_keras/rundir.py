@@ -135,7 +135,7 @@ class RunState:
         point, self.previous = self.previous, None
         self.stage, self.epoch, self.step = point["stage"], point["epoch"], point["step"]
         self.totals, self.checkpoint = point["totals"], point["checkpoint"]
-        self.epoch_end_pending = False  # a point is only ever rolled back to by the process that passed it
+        self.epoch_end_pending = False  # the run went on past that point, so its epoch-end callbacks ran
         return True
 
     def epoch_ended(self):
