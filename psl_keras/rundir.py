@@ -35,24 +35,23 @@ def stage_head_file(stage_index):
 
 def write_json_atomic(path, payload):
     """Writes JSON so that a crash leaves either the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    kill_point("json_write")
-    os.replace(tmp, path)
-    _fsync_directory(directory)
+    _replace_atomically(path, json.dumps(payload, indent=2, sort_keys=True), ".json", kill_at="json_write")
 
 
 def write_text_atomic(path, text):
     """Writes a text file so that a crash leaves either the old file or the new one."""
+    _replace_atomically(path, text, ".txt")
+
+
+def _replace_atomically(path, text, suffix, kill_at=None):
+    """Writes `text` to a temporary file beside `path`, puts it on disk, then renames it over `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".txt")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=suffix)
     with os.fdopen(fd, "w", newline="") as f:
         f.write(text)
         fsync_file(f)
+    if kill_at:
+        kill_point(kill_at)
     os.replace(tmp, path)
     _fsync_directory(directory)
 
