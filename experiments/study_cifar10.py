@@ -264,6 +264,9 @@ def report(args, specs):
         summary = json.load(open(summary_path))
         evaluation = json.load(open(evaluation_path)) if os.path.exists(evaluation_path) else {}
         rows_by_task.setdefault(spec.task, {}).setdefault(spec.mode, []).append((spec, summary, evaluation))
+    if not rows_by_task:
+        print(f"No finished run under {args.runs_dir} yet (a run is finished when it has summary.json): the "
+              f"tables are empty. Train first: --step train --runs_dir {args.runs_dir}")
     random_eval = os.path.join(args.runs_dir, "eval", "random_init.json")
     random_row = json.load(open(random_eval)) if os.path.exists(random_eval) else None
     lines = ["# CIFAR-10 study: tables", "",
