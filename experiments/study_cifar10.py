@@ -275,7 +275,8 @@ def report(args, specs):
              f"{LINEAR_EPOCHS} epochs). kNN: weighted, T = 0.07, full train bank, best block. Pretext: training "
              "accuracy of each stage's head on its level in its last epoch. Train time: every stage's images over its "
              "measured images/s (the steps alone, without the kNN monitor or start-up; a shared machine's load "
-             "moves it); images/s: the stages' mean, excluding each epoch's first step.", ""]
+             "moves it); images/s: the stages' mean of each stage's median step rate (each epoch's first step "
+             "excluded).", ""]
     for task, by_mode in rows_by_task.items():
         lines += [f"## {task}", "",
                   "| mode | n | B1 | B2 | B3 | B4 | B5 | kNN k=200 (block) | kNN k=20 (block) | pretext per stage | "

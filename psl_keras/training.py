@@ -37,6 +37,13 @@ RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_c
                     "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size", "lr"}
 
 
+def steady_images_per_sec(step_rates):
+    """A stage's throughput: the median of its steps' images/s. A median, not images over total time, so that
+    one stalled step (a paused process, a machine busy elsewhere for a minute) does not pull down the figure
+    of hundreds of steady ones. None for a stage without measured steps."""
+    return float(np.median(step_rates)) if len(step_rates) else None
+
+
 def stage_epochs(config):
     """Epochs of each stage of the plan, a list (--stage_epochs, else --epochs_per_stage for every window);
     E2E's single stage gets the whole PSL budget unless --e2e_epochs says else."""
@@ -400,7 +407,7 @@ class Trainer:
         callbacks = self._callbacks(model)
         callbacks.on_train_begin()
         stage_start = time.time()
-        images, busy_time = 0, 0.0
+        step_rates = []  # images/s of each step but an epoch's first
         logs, knn_accuracy = {}, None
         for epoch in range(first_epoch, epochs):
             callbacks.on_epoch_begin(global_epoch)
@@ -413,10 +420,8 @@ class Trainer:
             iterator = self._epoch_batches(stage, epoch, skip_steps=first_step)
 
             def after_step(i, sums, seconds):
-                nonlocal images, busy_time
-                if i:  # the first step of an epoch includes tracing and pipeline warm-up
-                    busy_time += seconds
-                    images += sums["count"]
+                if i and seconds > 0:  # the first step of an epoch includes tracing and pipeline warm-up
+                    step_rates.append(sums["count"] / seconds)
                 if not np.isfinite(sums["loss"]):
                     raise PSLError(self._non_finite_stop(stage, epoch, i, sums["loss"], state))
                 self._steps_since_save += 1
@@ -457,7 +462,7 @@ class Trainer:
                 knn_accuracy = self._knn_monitor().last_accuracy
         callbacks.on_train_end(logs)
         return self._stage_result(stage, steps_per_epoch, logs, time.time() - stage_start,
-                                  images / busy_time if busy_time else None, knn_accuracy)
+                                  steady_images_per_sec(step_rates), knn_accuracy)
 
     def _stage_result(self, stage, steps_per_epoch, logs, wall_time=None, images_per_sec=None, knn_accuracy=None):
         """A finished stage's entry in summary.json."""

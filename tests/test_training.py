@@ -8,7 +8,7 @@ import pytest
 
 from psl_keras.backbones import BLOCK_NAMES
 from psl_keras.errors import PSLError
-from psl_keras.training import Trainer
+from psl_keras.training import Trainer, steady_images_per_sec
 
 from conftest import synthetic_images, tiny_config
 
@@ -26,6 +26,7 @@ def test_psl_run_writes_checkpoints_summary_and_a_headless_backbone(tmp_path, sy
     assert [s["blocks"] for s in summary["stages"]] == [["B1", "B2", "B3"], ["B2", "B3", "B4"], ["B3", "B4", "B5"]]
     for s in summary["stages"]:
         assert np.isfinite(s["final_loss"]) and 0.0 <= s["final_accuracy"] <= 1.0
+        assert s["images_per_sec"] > 0  # 2 steps an epoch: the second one is timed
     with open(os.path.join(run, "summary.json")) as f:
         assert json.load(f)["stages"] == json.loads(json.dumps(summary["stages"]))
     for name in ("backbone.keras", "stage1_backbone.keras", "stage2_backbone.keras", "stage3_backbone.keras",
@@ -322,3 +323,11 @@ def test_a_non_finite_loss_stops_the_run_and_a_lower_lr_resumes_it(tmp_path, syn
     assert restored == [state["checkpoint"]]  # it continued from the last good checkpoint
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
     assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])
+
+
+def test_a_stalled_step_does_not_pull_down_a_stages_images_per_sec():
+    # 200 steps at 100 images/s and one that sat paused for half an hour (0.3 images/s): the stage ran at 100.
+    rates = [100.0] * 100 + [512 / 1800] + [100.0] * 100
+    assert steady_images_per_sec(rates) == pytest.approx(100.0)
+    assert steady_images_per_sec([80.0, 120.0, 100.0]) == pytest.approx(100.0)
+    assert steady_images_per_sec([]) is None
