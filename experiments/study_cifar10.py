@@ -14,6 +14,10 @@ Runs (CIFAR-10 train, cifar10_small: CIFAR ResNet-18 at width 0.5, batch 512, SG
             (the multiply-adds of psl's three stages: `flops.equal_compute_e2e_epochs`, 10.4 -> 10 epochs)
   jigsaw    psl 3x3 and e2e 9 epochs, seed 0, on the first 10,000 training images (a puzzle costs 9 tiles)
   simclr    psl 3x3 and e2e 9 epochs, seed 0
+GPU budget (--gpu_epochs E, Keras on JAX, where TensorFlow is absent; the issue's budget is E = 30):
+  rotation  psl 3xE and e2e 3E epochs, seed 0; sl and psl_f 3xE; then psl and e2e seeds 1 and 2. Runs are named
+            rotation_psl_s0_gpuE; train them with --step train on the JAX machine from an array file
+            (--dataset arrays:FILE), then evaluate and report them here with the same --gpu_epochs.
 Everything runs in this process through the library (`Trainer`, `evaluation.protocols`); `--print_commands`
 prints the equivalent train.py / evaluate.py command lines.
 """
@@ -41,10 +45,16 @@ class RunSpec:
     task: str
     mode: str  # psl, sl, psl_f, e2e, or e2e_equal (e2e at the compute of psl's stages)
     seed: int = 0
+    gpu_epochs: int = 0  # > 0: a GPU-budget run (Keras on JAX) with this many epochs per stage
 
     @property
     def name(self):
-        return f"{self.task}_{self.mode}_s{self.seed}"
+        return f"{self.task}_{self.mode}_s{self.seed}" + (f"_gpu{self.gpu_epochs}" if self.gpu_epochs else "")
+
+    @property
+    def table(self):
+        """The report's table this run belongs to: one per task and budget."""
+        return f"{self.task}, GPU budget 3x{self.gpu_epochs}" if self.gpu_epochs else self.task
 
 
 # The rotation runs use the paper's bilinear resampling (`--rotation_resample bilinear`): seed 0 of psl and e2e
@@ -73,6 +83,14 @@ def study_runs(seeds=(0, 1, 2)):
     return runs
 
 
+def gpu_runs(epochs, seeds=(0, 1, 2)):
+    """The GPU budget's runs, in the order they train: the headline pair first, then the ablations, then seeds."""
+    runs = [RunSpec("rotation", mode, seeds[0], epochs) for mode in ("psl", "e2e", "sl", "psl_f")]
+    for seed in seeds[1:]:
+        runs += [RunSpec("rotation", "psl", seed, epochs), RunSpec("rotation", "e2e", seed, epochs)]
+    return runs
+
+
 def train_settings(spec, args):
     """The explicit train.py settings of a run (on top of --config cifar10_small)."""
     settings = {"task": spec.task, "mode": "e2e" if spec.mode == "e2e_equal" else spec.mode, "seed": spec.seed,
@@ -85,7 +103,11 @@ def train_settings(spec, args):
         if spec.task == "jigsaw":
             settings["task_options"] = {**settings.get("task_options", {}), "set_sizes": "8,16,32"}
     else:
-        settings["epochs_per_stage"] = FULL[spec.task]
+        settings["epochs_per_stage"] = spec.gpu_epochs or FULL[spec.task]
+    if spec.gpu_epochs:
+        # Keras on JAX reads an array file and has no kNN monitor (evaluation here covers kNN); epoch-end
+        # checkpoints suffice on a machine this fast.
+        settings.update(backend="jax", dataset=args.dataset, knn_monitor=False, checkpoint_every_steps=0)
     if spec.mode == "e2e_equal":
         settings["e2e_epochs"] = equal_compute_epochs(settings)
     return settings
@@ -176,7 +198,11 @@ def train(spec, args):
     print(f"\n=== {spec.name}: {'resuming' if resume else 'training'}\n{command_line('train.py', settings)}"
           + (" --resume" if resume else ""), flush=True)
     keras.backend.clear_session()
-    Trainer(resolve_config("cifar10_small", settings), resume=resume, verbose=args.verbose).train()
+    if settings.get("backend") == "jax":
+        from psl_keras.jax_training import JaxTrainer as trainer_class
+    else:
+        trainer_class = Trainer
+    trainer_class(resolve_config("cifar10_small", settings), resume=resume, verbose=args.verbose).train()
     return "trained"
 
 
@@ -263,7 +289,7 @@ def report(args, specs):
             continue
         summary = json.load(open(summary_path))
         evaluation = json.load(open(evaluation_path)) if os.path.exists(evaluation_path) else {}
-        rows_by_task.setdefault(spec.task, {}).setdefault(spec.mode, []).append((spec, summary, evaluation))
+        rows_by_task.setdefault(spec.table, {}).setdefault(spec.mode, []).append((spec, summary, evaluation))
     if not rows_by_task:
         print(f"No finished run under {args.runs_dir} yet (a run is finished when it has summary.json): the "
               f"tables are empty. Train first: --step train --runs_dir {args.runs_dir}")
@@ -312,10 +338,15 @@ def report(args, specs):
         lines += ["## Linear probes at the standard and a longer budget: does the ranking of blocks move?", "",
                   "| run | epochs | B1 | B2 | B3 | B4 | B5 | best block |", "|---|---|---|---|---|---|---|---|"] + long_rows
     os.makedirs(args.runs_dir, exist_ok=True)
-    path = os.path.join(args.runs_dir, "results.md")
+    path = os.path.join(args.runs_dir, f"results{_suffix(args)}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def _suffix(args):
+    """The GPU budget's tables and plots go beside the CPU study's, not over them."""
+    return f"_gpu{args.gpu_epochs}" if args.gpu_epochs else ""
 
 
 def _plots(args, rows_by_task, random_row):
@@ -336,11 +367,12 @@ def _plots(args, rows_by_task, random_row):
             if random_row and key.split("_")[0] in random_row:
                 rows.append({"run": "random init", **pick(random_row)})
             if rows:
-                tables[f"{task}_{key}"] = {"title": f"{task}: {title} by block, CIFAR-10 test", "rows": rows,
+                tables[f"{task.split(',')[0]}_{key}"] = {"title": f"{task}: {title} by block, CIFAR-10 test", "rows": rows,
                                            "columns": ["B1", "B2", "B3", "B4", "B5"]}
     if not tables:
         return []
-    return list(report_lib.write_report(os.path.join(args.runs_dir, "plots"), tables, {"study": "cifar10"}).values())
+    plots_dir = os.path.join(args.runs_dir, f"plots{_suffix(args)}")
+    return list(report_lib.write_report(plots_dir, tables, {"study": "cifar10"}).values())
 
 
 def _best_knn(evaluations, k):
@@ -410,6 +442,10 @@ def main(argv=None):
     parser.add_argument("--probes", default="knn,linear,linear_long",
                         help="evaluations to run: knn, linear, linear_long (the longer probes of --long_probes)")
     parser.add_argument("--tiny", action="store_true", help="smoke budget (CI): every run and step, minutes")
+    parser.add_argument("--gpu_epochs", type=int, default=0,
+                        help="the GPU budget's runs instead (Keras on JAX), E epochs per stage; the issue's is 30")
+    parser.add_argument("--dataset", default="cifar10",
+                        help="the GPU runs' training data: arrays:FILE where TensorFlow is absent (psl_keras.arrays)")
     parser.add_argument("--print_commands", action="store_true",
                         help="print the train.py command of each run and the evaluate.py commands of the evaluations")
     parser.add_argument("--verbose", type=int, default=1)
@@ -417,7 +453,15 @@ def main(argv=None):
     steps = [s for s in args.step.split(",") if s]
     if set(steps) - set(STEPS):
         parser.error(f"--step: choose from {', '.join(STEPS)}")
-    specs = study_runs(seeds=(0, 1) if args.tiny else (0, 1, 2))
+    if args.gpu_epochs < 0:
+        parser.error("--gpu_epochs: a positive number of epochs per stage (0: the CPU study)")
+    if args.gpu_epochs and "train" in steps:
+        if steps != ["train"]:
+            parser.error("--gpu_epochs: train the GPU runs in a call of their own (--step train, on the JAX "
+                         "machine), then --step evaluate,report where TensorFlow is")
+        os.environ["KERAS_BACKEND"] = "jax"  # read once, when Keras is first imported (below)
+    seeds = (0, 1) if args.tiny else (0, 1, 2)
+    specs = gpu_runs(args.gpu_epochs, seeds) if args.gpu_epochs else study_runs(seeds)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {s.name for s in specs}

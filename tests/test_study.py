@@ -107,3 +107,69 @@ def test_printed_commands_run_the_study_settings(tmp_path, monkeypatch):
     assert knn["runs"].endswith(f"random_init={tmp_path}/random_init.keras")
     assert [r.split("=")[0] for r in linear_long["runs"].split(",")] == ["rotation_psl_s0", "rotation_e2e_s0"]
     assert linear["resume_dir"] and linear_long["resume_dir"] != linear["resume_dir"]
+
+
+def test_gpu_budget_settings_are_the_study_settings_on_jax(tmp_path, monkeypatch):
+    """--gpu_epochs E: the same rotation runs at 3xE / 3E epochs through Keras on JAX from an array file, named
+    apart from the CPU study's runs so both live in one runs_dir."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments"))
+    import study_cifar10
+
+    args = study_cifar10.argparse.Namespace(runs_dir=str(tmp_path), data_dir="some/tfds", tiny=False,
+                                            dataset="arrays:train.npz")
+    specs = study_cifar10.gpu_runs(30)
+    assert [s.name for s in specs[:4]] == ["rotation_psl_s0_gpu30", "rotation_e2e_s0_gpu30", "rotation_sl_s0_gpu30",
+                                           "rotation_psl_f_s0_gpu30"]
+    assert sorted((s.mode, s.seed) for s in specs) == sorted(
+        [("psl", 0), ("psl", 1), ("psl", 2), ("e2e", 0), ("e2e", 1), ("e2e", 2), ("sl", 0), ("psl_f", 0)])
+    assert not {s.name for s in specs} & {s.name for s in study_cifar10.study_runs()}
+    from psl_keras.config import resolve_config
+
+    for spec in specs:
+        cpu = resolve_config("cifar10_small", study_cifar10.train_settings(
+            study_cifar10.RunSpec(spec.task, spec.mode, spec.seed), args))
+        gpu = resolve_config("cifar10_small", study_cifar10.train_settings(spec, args))
+        assert (gpu.backend, gpu.dataset, gpu.epochs_per_stage, gpu.knn_monitor) == ("jax", "arrays:train.npz", 30,
+                                                                                      False)
+        if spec.mode == "e2e":
+            assert gpu.e2e_epochs in (0, 90)  # 0: e2e runs the stages' sum
+        # Everything else is the CPU study's run: the mode, the seed, the rotation geometry, the optimiser.
+        differ = {k for k, v in gpu.to_dict().items() if cpu.to_dict()[k] != v}
+        assert differ <= {"backend", "dataset", "epochs_per_stage", "knn_monitor", "checkpoint_every_steps",
+                          "output_dir"}, differ
+
+
+@needs_cifar10
+def test_gpu_budget_trains_without_tensorflow_and_reports_beside_the_cpu_tables(tmp_path):
+    """The GPU machine has JAX and no TensorFlow: the study's --gpu_epochs train step runs there (here with
+    TensorFlow made unimportable), and the tables of those runs go to results_gpuE.md, not over results.md."""
+    import numpy as np
+
+    from psl_keras.arrays import save_arrays
+
+    data = tmp_path / "train.npz"
+    rng = np.random.default_rng(0)
+    save_arrays(data, rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), np.arange(64) % 10, "synthetic",
+                "train", num_classes=10)
+    runs = tmp_path / "runs"
+    base = ["--tiny", "--gpu_epochs", "1", "--runs_dir", str(runs), "--verbose", "0"]
+    helper = os.path.join(REPO, "tests", "helpers", "without_tensorflow.py")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # the script picks JAX itself
+    result = subprocess.run([sys.executable, helper, "experiments/study_cifar10.py", *base, "--step", "train",
+                             "--only", "rotation_psl_s0_gpu1,rotation_e2e_s0_gpu1", "--dataset", f"arrays:{data}"],
+                            capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, epochs in (("rotation_psl_s0_gpu1", [1, 1, 1]), ("rotation_e2e_s0_gpu1", [3])):
+        summary = json.load(open(runs / name / "summary.json"))
+        assert summary["config"]["backend"] == "jax" and summary["machine"]["backend"] == "jax"
+        assert [s["epochs"] for s in summary["stages"]] == epochs
+    # Training and evaluating GPU runs in one call would need JAX and TensorFlow in one process: refused.
+    refused = subprocess.run([sys.executable, SCRIPT, *base, "--step", "train,evaluate"], capture_output=True,
+                             text=True, timeout=120, cwd=REPO)
+    assert refused.returncode == 2 and "--step train" in refused.stderr
+    study(runs, "--gpu_epochs", "1", "--step", "report")
+    tables = open(runs / "results_gpu1.md").read()
+    assert "## rotation, GPU budget 3x1" in tables and "jax, " in tables
+    assert [line.split(" |")[0] for line in tables.splitlines() if line.startswith("| psl") or
+            line.startswith("| e2e")] == ["| psl (1+1+1 ep)", "| e2e (3 ep)"]
+    assert not (runs / "results.md").exists()
