@@ -367,7 +367,8 @@ def _plots(args, rows_by_task, random_row):
             if random_row and key.split("_")[0] in random_row:
                 rows.append({"run": "random init", **pick(random_row)})
             if rows:
-                tables[f"{task.split(',')[0]}_{key}"] = {"title": f"{task}: {title} by block, CIFAR-10 test", "rows": rows,
+                name = task.split(",")[0]  # "rotation, GPU budget 3x30" -> rotation (its own plots folder)
+                tables[f"{name}_{key}"] = {"title": f"{task}: {title} by block, CIFAR-10 test", "rows": rows,
                                            "columns": ["B1", "B2", "B3", "B4", "B5"]}
     if not tables:
         return []
@@ -455,6 +456,9 @@ def main(argv=None):
         parser.error(f"--step: choose from {', '.join(STEPS)}")
     if args.gpu_epochs < 0:
         parser.error("--gpu_epochs: a positive number of epochs per stage (0: the CPU study)")
+    if args.dataset != "cifar10" and not args.gpu_epochs:
+        parser.error("--dataset sets the GPU runs' training data; the CPU study trains on TFDS cifar10 "
+                     "(--data_dir). Add --gpu_epochs E, or leave --dataset out")
     if args.gpu_epochs and "train" in steps:
         if steps != ["train"]:
             parser.error("--gpu_epochs: train the GPU runs in a call of their own (--step train, on the JAX "
