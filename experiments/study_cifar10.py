@@ -18,6 +18,8 @@ GPU budget (--gpu_epochs E, Keras on JAX, where TensorFlow is absent; the issue'
   rotation  psl 3xE and e2e 3E epochs, seed 0; sl and psl_f 3xE; then psl and e2e seeds 1 and 2. Runs are named
             rotation_psl_s0_gpuE; train them with --step train on the JAX machine from an array file
             (--dataset arrays:FILE), then evaluate and report them here with the same --gpu_epochs.
+  simclr    psl 3x(2E/3) and e2e 2E, seed 0 (E = 30: simclr_psl_s0_gpu20)
+  jigsaw    psl 3x(E/5) and e2e 3E/5, seed 0, every image of the array file (E = 30: jigsaw_psl_s0_gpu6)
 Everything runs in this process through the library (`Trainer`, `evaluation.protocols`); `--print_commands`
 prints the equivalent train.py / evaluate.py command lines.
 """
@@ -83,11 +85,23 @@ def study_runs(seeds=(0, 1, 2)):
     return runs
 
 
+# At the GPU budget SimCLR and jigsaw train for a share of rotation's E epochs per stage: what one lease fitted
+# beside rotation's third seed (an example is two views for SimCLR, nine tiles for jigsaw). E = 30: 20 and 6.
+GPU_SHARE = {"rotation": 1.0, "simclr": 2 / 3, "jigsaw": 1 / 5}
+
+
+def gpu_task_epochs(task, epochs):
+    return max(1, round(epochs * GPU_SHARE[task]))
+
+
 def gpu_runs(epochs, seeds=(0, 1, 2)):
-    """The GPU budget's runs, in the order they train: the headline pair first, then the ablations, then seeds."""
+    """The GPU budget's runs, in the order they train: the headline pair first, then the ablations, then seeds,
+    then SimCLR and jigsaw (psl and e2e, seed 0)."""
     runs = [RunSpec("rotation", mode, seeds[0], epochs) for mode in ("psl", "e2e", "sl", "psl_f")]
     for seed in seeds[1:]:
         runs += [RunSpec("rotation", "psl", seed, epochs), RunSpec("rotation", "e2e", seed, epochs)]
+    for task in ("simclr", "jigsaw"):
+        runs += [RunSpec(task, mode, seeds[0], gpu_task_epochs(task, epochs)) for mode in ("psl", "e2e")]
     return runs
 
 
@@ -108,6 +122,7 @@ def train_settings(spec, args):
         # Keras on JAX reads an array file and has no kNN monitor (evaluation here covers kNN); epoch-end
         # checkpoints suffice on a machine this fast.
         settings.update(backend="jax", dataset=args.dataset, knn_monitor=False, checkpoint_every_steps=0)
+        settings.pop("split", None)  # the array file is the training data (jigsaw's CPU subset is for CPU time)
     if spec.mode == "e2e_equal":
         settings["e2e_epochs"] = equal_compute_epochs(settings)
     return settings

@@ -70,8 +70,8 @@ class JaxTrainer(Trainer):
                 raise PSLError(f"--{name} is not available with --backend jax: {why}.")
         super()._validate()
         if not self.task.has_array_pipeline():
-            raise PSLError(f"--task {c.task} has no on-device input path for --backend jax yet (rotation has); "
-                           f"train it with --backend tensorflow.")
+            raise PSLError(f"--task {c.task} has no on-device input path for --backend jax yet (rotation, jigsaw "
+                           f"and simclr have); train it with --backend tensorflow.")
 
     def _scope(self):
         return contextlib.nullcontext()

@@ -176,3 +176,77 @@ def test_any_keras_augmentation_layer_can_join_a_ladder():
     batch = tf.random.uniform([3, 20, 20, 3], seed=1)
     assert augment.RandomGaussianBlur(rate=1.0, seed=1)(batch).shape == (3, 20, 20, 3)
     assert augment.RandomResizedCrop(8, seed=1)(batch).shape == (3, 8, 8, 3)
+
+
+# --- the ladder on the device (psl_keras.array_augment: Keras on JAX, issue 14) ------------------------------
+def test_array_ladder_steps_equal_the_tf_ladder_steps_with_the_same_choices():
+    """Each step of the keras.ops ladder against the TF layer it stands in for, fed the same random choices
+    (here under TensorFlow; test_jax.py runs the same steps under JAX)."""
+    from psl_keras import array_augment
+
+    images = noise_images(6, 32, 32, seed=3)
+    ladder = array_augment.ArrayLadder(32, strength=0.5)
+    params = ladder.draw(np.random.default_rng(1), 6, 3, 32, 32)
+    views = np.asarray(array_augment.crop_resize(images.astype("float32"), params["boxes"], params["flips"], 32))
+    for i, (y, x, h, w) in enumerate(params["boxes"]):
+        reference = tf.image.resize(tf.slice(images[i], [y, x, 0], [h, w, 3]), [32, 32]).numpy()
+        reference = reference[:, ::-1] if params["flips"][i] else reference
+        np.testing.assert_allclose(views[i], reference, atol=1e-3)
+    views = np.clip(views / 255.0, 0, 1).astype("float32")
+    jitter = augment.RandomColorJitter(0.5)
+    reference = np.stack([jitter.jitter(tf.constant(views[i]), {k: tf.constant(params[k][i]) for k in
+                                                                 ("brightness", "contrast", "saturation", "hue",
+                                                                  "order")}).numpy() for i in range(6)])
+    np.testing.assert_allclose(np.asarray(ladder.jitter(views, params)), reference, atol=1e-5)
+    gray = augment.RandomGrayscale().grayscale.augment_images(tf.constant(views)).numpy()
+    np.testing.assert_allclose(np.asarray(array_augment.grayscale(views)), gray, atol=1e-6)
+    radius = augment.RandomGaussianBlur().radius(32)
+    assert ladder.blur_radius == radius
+    np.testing.assert_allclose(np.asarray(array_augment.gaussian_blur(views, params["sigma"], radius)),
+                               augment.gaussian_blur(tf.constant(views), tf.constant(params["sigma"]), radius).numpy(),
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(array_augment.sobel_magnitude(views)),
+                               augment.sobel_magnitude(tf.constant(views)).numpy(), atol=1e-5)
+
+
+def test_array_ladder_has_the_tf_ladders_steps_and_settings():
+    from psl_keras import array_augment
+
+    tf_ladder = augment.simclr_ladder(32, 0.5, (0.2, 1.0), blur_rate=0.3, sobel_rate=0.1)
+    ladder = array_augment.ArrayLadder(32, 0.5, (0.2, 1.0), blur_rate=0.3, sobel_rate=0.1)
+    for level in (1, 2, 3):
+        assert ladder.describe(level) == tf_ladder.describe(level)
+    crop, jitter, gray, blur, sobel = tf_ladder.level(3)
+    assert (crop.area, crop.aspect_ratio, crop.flip) == (ladder.crop_area, array_augment.ASPECT_RATIO,
+                                                         array_augment.FLIP)
+    assert (jitter.strength, jitter.rate, gray.rate) == (ladder.strength, array_augment.JITTER_RATE,
+                                                         array_augment.GRAYSCALE_RATE)
+    assert (blur.rate, blur.sigma, blur.kernel_fraction, sobel.rate) == (
+        ladder.blur_rate, array_augment.BLUR_SIGMA, array_augment.BLUR_KERNEL_FRACTION, ladder.sobel_rate)
+    # Each level draws what its steps need and no more; the choices are the generator's alone.
+    assert set(ladder.draw(np.random.default_rng(0), 4, 1, 32, 32)) == {"boxes", "flips"}
+    again = ladder.draw(np.random.default_rng(0), 4, 3, 32, 32)
+    for key, value in ladder.draw(np.random.default_rng(0), 4, 3, 32, 32).items():
+        np.testing.assert_array_equal(value, again[key])
+
+
+@pytest.mark.parametrize("area", [(0.08, 1.0), (0.2, 1.0)])
+def test_array_crop_boxes_follow_tf_sample_distorted_bounding_box(area):
+    """SimCLR's crop on the device draws boxes as tf.image.sample_distorted_bounding_box does (height uniform
+    for a uniform aspect ratio, not area uniform): the same mean and spread of area, aspect and corner."""
+    from psl_keras import array_augment
+
+    ours = array_augment.crop_boxes(np.random.default_rng(0), 20000, 32, 32, area)
+    theirs = np.array([np.concatenate([t.numpy()[:2] for t in tf.image.stateless_sample_distorted_bounding_box(
+        [32, 32, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=[i, 7], min_object_covered=0.1,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=area, max_attempts=100,
+        use_image_if_no_bounding_boxes=True)[:2]]) for i in range(3000)])
+    for boxes in (ours, theirs):
+        assert boxes[:, 2:].min() >= 1 and (boxes[:, :2] + boxes[:, 2:]).max() <= 32
+        assert (boxes[:, 2] * boxes[:, 3]).min() >= max(area[0], 0.1) * 1024 - 1e-6
+    stats = lambda b: ((b[:, 2] * b[:, 3] / 1024).mean(), (b[:, 2] * b[:, 3] / 1024).std(),  # noqa: E731
+                       (b[:, 3] / b[:, 2]).mean(), b[:, 0].mean(), b[:, 1].mean())
+    # 3000 TF draws: standard errors ~0.004 (area), ~0.003 (aspect), ~0.1 px (corner).
+    assert np.all(np.abs(np.subtract(stats(ours), stats(theirs))) <= [0.015, 0.01, 0.012, 0.35, 0.35])
+    # An area-uniform draw (the obvious implementation) is far off: its mean area is 0.1 higher.
+    assert (max(area[0], 0.1) + 1) / 2 - stats(ours)[0] > 0.08

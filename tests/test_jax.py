@@ -65,6 +65,79 @@ print(keras.backend.backend(), "built")
     assert np.abs(np.load(tmp_path / "rotated.npy") - reference).max() < 1e-5
 
 
+def test_jigsaw_puzzles_and_simclr_views_made_on_the_device_match_the_tf_pipeline(tmp_path):
+    """The on-device input paths of jigsaw and SimCLR (issue 14), run under JAX without TensorFlow, against the
+    TF pipeline's own functions fed the same random choices: the resize, crop, flip, tile cuts, per-tile
+    normalisation and permutation of a puzzle; the crop, colour jitter, grayscale, blur and Sobel of a view."""
+    from conftest import synthetic_images
+
+    images = synthetic_images(4, 32, seed=2)
+    np.save(tmp_path / "images.npy", images)
+    run(f"""
+import pickle, sys
+for name in ("tensorflow", "tensorflow_datasets", "keras_cv"):
+    sys.modules[name] = None
+import numpy as np
+from psl_keras.tasks import build_task
+images = np.load("{tmp_path / 'images.npy'}")
+jigsaw = build_task("jigsaw", 32, options={{"set_sizes": "4,8,16", "tile_color_jitter": 0.1, "tile_grayscale": 0.5}})
+jigsaw_params = jigsaw.draw_array_params(np.random.default_rng(0), 4, 2)
+puzzles, labels = jigsaw.array_examples(images, jigsaw_params, 2)
+simclr = build_task("simclr", 32)
+simclr_params = simclr.draw_array_params(np.random.default_rng(2), 4, 3)
+views, _ = simclr.array_examples(images, simclr_params, 3)
+pickle.dump({{"jigsaw_params": jigsaw_params, "puzzles": np.asarray(puzzles), "labels": np.asarray(labels),
+             "simclr_params": simclr_params, "views": np.asarray(views)}}, open("{tmp_path / 'out.pkl'}", "wb"))
+""", "jax")
+    import pickle
+
+    import tensorflow as tf
+
+    from psl_keras import augment
+    from psl_keras.tasks import jigsaw as jigsaw_module
+
+    out = pickle.load(open(tmp_path / "out.pkl", "rb"))
+    task = build_task("jigsaw", 32, options={"set_sizes": "4,8,16", "tile_color_jitter": 0.1, "tile_grayscale": 0.5})
+    p = out["jigsaw_params"]
+    assert out["puzzles"].shape == (4, 9, task.tile_size, task.tile_size, 3)
+    np.testing.assert_array_equal(out["labels"], p["labels"])
+    assert len({tuple(c) for c in p["corners"]}) > 1 and set(p["flips"]) == {0, 1}  # the choices vary
+    for i in range(4):
+        image = jigsaw_module.resize_shorter_side(tf.image.convert_image_dtype(images[i], tf.float32),
+                                                  task.resize_shorter)
+        (y, x), size = p["corners"][i], task.crop_size
+        crop = image[y:y + size, x:x + size]
+        crop = tf.reverse(crop, [1]) if p["flips"][i] else crop
+        tiles = jigsaw_module.cut_tiles(crop, task.cell_size, task.tile_size, tf.constant(p["offsets"][i]))
+        tiles = tiles + p["jitter"][i][:, None, None, :]
+        tiles = tf.where(p["gray"][i][:, None, None, None] > 0.5, tf.image.rgb_to_grayscale(tiles) * tf.ones(3),
+                         tiles)
+        tiles = jigsaw_module.normalize_tile(tiles)
+        reference = tf.gather(tiles, task.level_permutations(2)[p["labels"][i]].astype(np.int32)).numpy()
+        np.testing.assert_allclose(out["puzzles"][i], reference, atol=1e-4)
+    # SimCLR: views [B, 2, ...], rows 2k and 2k + 1 of the choices being image k's two views; T3's steps in order.
+    p, views = out["simclr_params"], out["views"]
+    assert views.shape == (4, 2, 32, 32, 3) and views.min() >= 0.0 and views.max() <= 1.0
+    assert all(set(p[k]) == {0, 1} for k in ("flips", "jitter", "gray", "blur", "sobel"))  # each step both ways
+    ladder = augment.simclr_ladder(32, strength=0.5)
+    crop, jitter, gray, blur, sobel = ladder.level(3)
+    for row in range(8):
+        image, (y, x, h, w) = images[row // 2], p["boxes"][row]
+        view = tf.image.resize(tf.slice(image, [y, x, 0], [h, w, 3]), [32, 32]) / 255.0
+        view = tf.clip_by_value(tf.reverse(view, [1]) if p["flips"][row] else view, 0.0, 1.0)
+        if p["jitter"][row]:
+            view = jitter.jitter(view, {k: tf.constant(p[k][row]) for k in ("brightness", "contrast", "saturation",
+                                                                             "hue", "order")})
+        view = view[tf.newaxis]
+        if p["gray"][row]:
+            view = gray.grayscale.augment_images(view)
+        if p["blur"][row]:
+            view = augment.gaussian_blur(view, tf.constant(p["sigma"][row:row + 1]), blur.radius(32))
+        if p["sobel"][row]:
+            view = augment.sobel_magnitude(view)
+        np.testing.assert_allclose(views[row // 2, row % 2], np.clip(view[0].numpy(), 0, 1), atol=2e-4)
+
+
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("stage_step"))
@@ -229,7 +302,7 @@ print("backend", trainer.config.backend)
 def test_jax_backend_refuses_what_it_cannot_do(tmp_path):
     result = train_without_tf(["--dataset", "cifar10", "--output_dir", str(tmp_path / "r")], check=False)
     assert result.returncode == 2 and "python -m psl_keras.arrays" in result.stderr
-    result = train_without_tf(["--task", "jigsaw", "--output_dir", str(tmp_path / "j")], check=False)
+    result = train_without_tf(["--task", "mocov2", "--output_dir", str(tmp_path / "m")], check=False)
     assert result.returncode == 2 and "no on-device input path" in result.stderr
     result = train_without_tf(["--knn_monitor", "--output_dir", str(tmp_path / "k")], check=False)
     assert result.returncode == 2 and "--knn_monitor is not available with --backend jax" in result.stderr

@@ -120,8 +120,12 @@ def test_gpu_budget_settings_are_the_study_settings_on_jax(tmp_path, monkeypatch
     specs = study_cifar10.gpu_runs(30)
     assert [s.name for s in specs[:4]] == ["rotation_psl_s0_gpu30", "rotation_e2e_s0_gpu30", "rotation_sl_s0_gpu30",
                                            "rotation_psl_f_s0_gpu30"]
-    assert sorted((s.mode, s.seed) for s in specs) == sorted(
+    rotation = [s for s in specs if s.task == "rotation"]
+    assert sorted((s.mode, s.seed) for s in rotation) == sorted(
         [("psl", 0), ("psl", 1), ("psl", 2), ("e2e", 0), ("e2e", 1), ("e2e", 2), ("sl", 0), ("psl_f", 0)])
+    # SimCLR and jigsaw: psl and e2e of seed 0 at their share of the budget (two views, nine tiles an example).
+    assert [s.name for s in specs if s.task != "rotation"] == [
+        "simclr_psl_s0_gpu20", "simclr_e2e_s0_gpu20", "jigsaw_psl_s0_gpu6", "jigsaw_e2e_s0_gpu6"]
     assert not {s.name for s in specs} & {s.name for s in study_cifar10.study_runs()}
     from psl_keras.config import resolve_config
 
@@ -129,14 +133,16 @@ def test_gpu_budget_settings_are_the_study_settings_on_jax(tmp_path, monkeypatch
         cpu = resolve_config("cifar10_small", study_cifar10.train_settings(
             study_cifar10.RunSpec(spec.task, spec.mode, spec.seed), args))
         gpu = resolve_config("cifar10_small", study_cifar10.train_settings(spec, args))
-        assert (gpu.backend, gpu.dataset, gpu.epochs_per_stage, gpu.knn_monitor) == ("jax", "arrays:train.npz", 30,
-                                                                                      False)
+        assert (gpu.backend, gpu.dataset, gpu.epochs_per_stage, gpu.knn_monitor) == (
+            "jax", "arrays:train.npz", spec.gpu_epochs, False)
         if spec.mode == "e2e":
-            assert gpu.e2e_epochs in (0, 90)  # 0: e2e runs the stages' sum
-        # Everything else is the CPU study's run: the mode, the seed, the rotation geometry, the optimiser.
+            assert gpu.e2e_epochs in (0, 3 * spec.gpu_epochs)  # 0: e2e runs the stages' sum
+        # Everything else is the CPU study's run: the mode, the seed, the task's geometry, the optimiser; the
+        # training data is the array file, so jigsaw's CPU subset (split) goes.
         differ = {k for k, v in gpu.to_dict().items() if cpu.to_dict()[k] != v}
         assert differ <= {"backend", "dataset", "epochs_per_stage", "knn_monitor", "checkpoint_every_steps",
-                          "output_dir"}, differ
+                          "output_dir", "split"}, differ
+        assert gpu.split == "train"
 
 
 @needs_cifar10
@@ -156,13 +162,16 @@ def test_gpu_budget_trains_without_tensorflow_and_reports_beside_the_cpu_tables(
     helper = os.path.join(REPO, "tests", "helpers", "without_tensorflow.py")
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # the script picks JAX itself
     result = subprocess.run([sys.executable, helper, "experiments/study_cifar10.py", *base, "--step", "train",
-                             "--only", "rotation_psl_s0_gpu1,rotation_e2e_s0_gpu1", "--dataset", f"arrays:{data}"],
+                             "--only", "rotation_psl_s0_gpu1,rotation_e2e_s0_gpu1,simclr_psl_s0_gpu1,jigsaw_e2e_s0_gpu1",
+                             "--dataset", f"arrays:{data}"],
                             capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name, epochs in (("rotation_psl_s0_gpu1", [1, 1, 1]), ("rotation_e2e_s0_gpu1", [3])):
+    for name, epochs in (("rotation_psl_s0_gpu1", [1, 1, 1]), ("rotation_e2e_s0_gpu1", [3]),
+                         ("simclr_psl_s0_gpu1", [1, 1, 1]), ("jigsaw_e2e_s0_gpu1", [3])):
         summary = json.load(open(runs / name / "summary.json"))
         assert summary["config"]["backend"] == "jax" and summary["machine"]["backend"] == "jax"
         assert [s["epochs"] for s in summary["stages"]] == epochs
+        assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])
     # Training and evaluating GPU runs in one call would need JAX and TensorFlow in one process: refused.
     refused = subprocess.run([sys.executable, SCRIPT, *base, "--step", "train,evaluate"], capture_output=True,
                              text=True, timeout=120, cwd=REPO)
@@ -170,6 +179,7 @@ def test_gpu_budget_trains_without_tensorflow_and_reports_beside_the_cpu_tables(
     study(runs, "--gpu_epochs", "1", "--step", "report")
     tables = open(runs / "results_gpu1.md").read()
     assert "## rotation, GPU budget 3x1" in tables and "jax, " in tables
+    assert "## simclr, GPU budget 3x1" in tables and "## jigsaw, GPU budget 3x1" in tables
     assert [line.split(" |")[0] for line in tables.splitlines() if line.startswith("| psl") or
-            line.startswith("| e2e")] == ["| psl (1+1+1 ep)", "| e2e (3 ep)"]
+            line.startswith("| e2e")] == ["| psl (1+1+1 ep)", "| e2e (3 ep)"] * 2  # rotation; simclr psl, jigsaw e2e
     assert not (runs / "results.md").exists()

@@ -10,8 +10,9 @@ example's seed; `batch_transform` does the colour, blur and Sobel work on the wh
 """
 
 import keras
-from keras import layers
+from keras import layers, ops
 
+from psl_keras.array_augment import ArrayLadder
 from psl_keras.augment import simclr_ladder
 from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative, positive_int
@@ -57,7 +58,9 @@ class ContrastiveTask(Task):
         raise NotImplementedError(f"{self.name} has no classes: it contrasts views.")
 
     def describe_level(self, level):
-        return f"{self.name} T{level} = {self.ladder.describe(level)}"
+        # Under Keras on JAX the keras-cv ladder cannot be built; the array ladder names the same steps.
+        ladder = self.ladder if keras.backend.backend() == "tensorflow" else self.array_ladder
+        return f"{self.name} T{level} = {ladder.describe(level)}"
 
     # --- data -----------------------------------------------------------------------------------------
     def preprocess(self, image, seed, level):
@@ -101,7 +104,25 @@ class ContrastiveTask(Task):
 
     def backbone_images(self, inputs):
         """Views [B, 2, H, W, 3] -> [2B, H, W, 3], the two views of an image next to each other."""
-        return tf.reshape(inputs, [-1, *inputs.shape[2:]])  # static sizes kept where known
+        return ops.reshape(inputs, (-1, *inputs.shape[2:]))  # static sizes kept where known
+
+    # --- Keras on JAX: views made on the device (the JAX trainer jit-compiles array_examples) ----------------
+    @property
+    def array_ladder(self):
+        """The ladder's steps in `keras.ops` (`array_augment`): the same settings, no TensorFlow."""
+        return ArrayLadder(self.image_size, self.strength, self.crop_area, self.blur_rate, self.sobel_rate)
+
+    def draw_array_params(self, rng, count, level):
+        """Both views' choices for `count` images (rows 2k and 2k + 1: image k's views), drawn like the ladder's."""
+        return self.array_ladder.draw(rng, 2 * count, level, self.image_size, self.image_size)
+
+    def array_examples(self, images, params, level):
+        """views [B, 2, size, size, 3] of uint8 images [B, size, size, 3] (the JAX trainer's images are the
+        training size) and dummy labels 0, as `preprocess` + `batch_transform` make them."""
+        images = ops.convert_to_tensor(images)
+        count = images.shape[0]
+        views = self.array_ladder.views(ops.repeat(images, 2, axis=0), params, level)
+        return ops.reshape(views, (count, 2, self.image_size, self.image_size, 3)), ops.zeros((count,), "int32")
 
     # --- network --------------------------------------------------------------------------------------
     def build_head(self, level, feature_channels, name):

@@ -253,6 +253,63 @@ class JigsawTask(Task):
         # Position i of the puzzle shows tile permutation[i] of the grid.
         return tf.gather(tiles, permutation), label
 
+    # --- Keras on JAX: puzzles made on the device (the JAX trainer jit-compiles array_examples) --------------
+    def draw_array_params(self, rng, count, level):
+        """Per example, what `make_puzzle` draws: the crop's corner, a flip, each tile's place in its cell, the
+        permutation's index (and the tile jitter / grayscale choices where those options are on)."""
+        params = {"corners": rng.integers(0, self.resize_shorter - self.crop_size + 1, (count, 2)).astype("int32"),
+                  "flips": rng.integers(0, 2, count).astype("int32"),
+                  "offsets": rng.integers(0, self.cell_size - self.tile_size + 1, (count, NUM_TILES, 2)).astype("int32"),
+                  "labels": rng.integers(0, self.num_classes(level), count).astype("int32")}
+        if self.tile_color_jitter:
+            params["jitter"] = rng.uniform(-self.tile_color_jitter, self.tile_color_jitter,
+                                           (count, NUM_TILES, 3)).astype("float32")
+        if self.tile_grayscale:
+            params["gray"] = (rng.uniform(size=(count, NUM_TILES)) < self.tile_grayscale).astype("float32")
+        return params
+
+    def array_examples(self, images, params, level):
+        """`make_puzzle` for a batch of same-size square images, in `keras.ops` only (tested against it): the
+        resize, crop, flip and tile cuts are one gather of pixel indices, then the per-tile normalisation and
+        the permutation. images uint8 [B, H, H, 3] -> (puzzles [B, 9, t, t, 3], labels [B])."""
+        images = ops.convert_to_tensor(images)
+        count, height, width = images.shape[0], images.shape[1], images.shape[2]
+        if height != width:
+            raise NotImplementedError("array_examples serves square images (resize them when exporting).")
+        size, cell, tile = self.resize_shorter, self.cell_size, self.tile_size
+        resized = ops.image.resize(ops.cast(images, "float32") / 255.0, (size, size), interpolation="bilinear")
+        # Tile i's pixel (ty, tx) sits at crop position (row * cell + oy + ty, col * cell + ox + tx) of the
+        # flipped crop; a flip reads the crop's column (crop - 1 - x).
+        rows = ops.convert_to_tensor([i // GRID for i in range(NUM_TILES)], "int32")
+        cols = ops.convert_to_tensor([i % GRID for i in range(NUM_TILES)], "int32")
+        offsets = ops.convert_to_tensor(params["offsets"], "int32")
+        span = ops.arange(tile, dtype="int32")
+        y = rows[None, :, None] * cell + offsets[:, :, 0:1] + span[None, None, :]  # [B, 9, t]
+        x = cols[None, :, None] * cell + offsets[:, :, 1:2] + span[None, None, :]
+        flips = ops.convert_to_tensor(params["flips"], "int32")[:, None, None]
+        x = flips * (self.crop_size - 1 - x) + (1 - flips) * x
+        corners = ops.convert_to_tensor(params["corners"], "int32")
+        y = y + corners[:, 0, None, None]
+        x = x + corners[:, 1, None, None]
+        base = ops.arange(count, dtype="int32")[:, None, None, None] * (size * size)
+        index = base + y[:, :, :, None] * size + x[:, :, None, :]  # [B, 9, t, t]
+        tiles = ops.take(ops.reshape(resized, (-1, 3)), ops.reshape(index, (-1,)), axis=0)
+        tiles = ops.reshape(tiles, (count, NUM_TILES, tile, tile, 3))
+        if "jitter" in params:
+            tiles = tiles + ops.convert_to_tensor(params["jitter"], "float32")[:, :, None, None, :]
+        if "gray" in params:
+            luma = ops.sum(tiles * ops.convert_to_tensor([0.2989, 0.587, 0.114], "float32"), axis=-1, keepdims=True)
+            gray = ops.convert_to_tensor(params["gray"], "float32")[:, :, None, None, None]
+            tiles = gray * luma + (1.0 - gray) * tiles
+        mean = ops.mean(tiles, axis=(2, 3), keepdims=True)
+        variance = ops.var(tiles, axis=(2, 3), keepdims=True)
+        tiles = (tiles - mean) / ops.sqrt(variance + 1e-3) * 0.225 + 0.45
+        labels = ops.convert_to_tensor(params["labels"], "int32")
+        permutations = ops.take(ops.convert_to_tensor(self.level_permutations(level), "int32"), labels, axis=0)
+        # Position i of the puzzle shows tile permutation[i] of the grid.
+        puzzles = ops.take_along_axis(tiles, permutations[:, :, None, None, None], axis=1)
+        return puzzles, labels
+
     def backbone_images(self, inputs):
         """[B, 9, t, t, 3] puzzles -> [B*9, t, t, 3]: every tile through the same (siamese) network."""
         shape = ops.shape(inputs)

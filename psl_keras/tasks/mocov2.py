@@ -150,6 +150,11 @@ class MoCoV2Task(ContrastiveTask):
 
     name = "mocov2"
     crop_area = (0.2, 1.0)  # MoCo v2's RandomResizedCrop(scale=(0.2, 1))
+
+    @classmethod
+    def has_array_pipeline(cls):
+        # The views could be made on the device, but the JAX step does not update the key encoder and queue yet.
+        return False
     OPTIONS = {
         **ContrastiveTask.OPTIONS,
         "queue_size": (0, "Negatives in the queue (0: 65536 as MoCo above 64 px, 4096 at <=64 px).",

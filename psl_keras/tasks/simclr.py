@@ -6,6 +6,7 @@ loss and gradient equal the single-device ones on the same global batch. The pap
 lr 0.3 x batch/256, warm-up then cosine (the presets in `psl_keras.config`).
 """
 
+import keras
 from keras import ops
 
 from psl_keras.tasks.contrastive import ContrastiveTask
@@ -44,6 +45,9 @@ class SimCLRTask(ContrastiveTask):
         return 0.5 if self.image_size <= 64 else 0.1
 
     def objective(self, labels, outputs):
+        if keras.backend.backend() != "tensorflow":
+            # Keras on JAX: one compiled step sees the whole global batch (split over devices by SPMD).
+            return nt_xent(outputs, self.temperature)
         from psl_keras.distribute import gather_replicas  # TensorFlow's replica context
 
         return nt_xent(outputs, self.temperature, gather_replicas)
