@@ -125,7 +125,7 @@ def test_gpu_budget_settings_are_the_study_settings_on_jax(tmp_path, monkeypatch
         [("psl", 0), ("psl", 1), ("psl", 2), ("e2e", 0), ("e2e", 1), ("e2e", 2), ("sl", 0), ("psl_f", 0)])
     # SimCLR and jigsaw: psl and e2e of seed 0 at their share of the budget (two views, nine tiles an example).
     assert [s.name for s in specs if s.task != "rotation"] == [
-        "simclr_psl_s0_gpu20", "simclr_e2e_s0_gpu20", "jigsaw_psl_s0_gpu6", "jigsaw_e2e_s0_gpu6"]
+        "simclr_psl_s0_gpu3", "simclr_e2e_s0_gpu3", "jigsaw_psl_s0_gpu6", "jigsaw_e2e_s0_gpu6"]
     assert not {s.name for s in specs} & {s.name for s in study_cifar10.study_runs()}
     from psl_keras.config import resolve_config
 
