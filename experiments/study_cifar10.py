@@ -454,7 +454,8 @@ def main(argv=None):
     parser.add_argument("--data_dir", default="../shared/tfds")
     parser.add_argument("--runs_dir", default="runs/study")
     parser.add_argument("--step", default="train,evaluate,report", help=f"comma-separated: {', '.join(STEPS)}")
-    parser.add_argument("--only", default="", help="run names, comma-separated (default: all of the study)")
+    parser.add_argument("--only", default="", help="run names, comma-separated (default: all of the study; "
+                                                   "random_init names the random-init reference's evaluation)")
     parser.add_argument("--long_probes", default="rotation_psl_s0,rotation_e2e_s0",
                         help=f"runs also probed for {LONG_LINEAR_EPOCHS} epochs, to show the ranking has settled")
     parser.add_argument("--probes", default="knn,linear,linear_long",
@@ -483,9 +484,9 @@ def main(argv=None):
         os.environ["KERAS_BACKEND"] = "jax"  # read once, when Keras is first imported (below)
     seeds = (0, 1) if args.tiny else (0, 1, 2)
     specs = gpu_runs(args.gpu_epochs, seeds) if args.gpu_epochs else study_runs(seeds)
+    wanted = set(args.only.split(",")) if args.only else set()
     if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {s.name for s in specs}
+        unknown = wanted - {s.name for s in specs} - {"random_init"}
         if unknown:
             parser.error(f"--only: unknown run(s) {', '.join(sorted(unknown))}; the study has "
                          f"{', '.join(s.name for s in specs)}")
@@ -512,7 +513,8 @@ def main(argv=None):
             finished = [s for s in specs if os.path.exists(os.path.join(args.runs_dir, s.name, "summary.json"))]
             for spec in finished:
                 evaluate(spec.name, os.path.join(args.runs_dir, spec.name), args, sources)
-            evaluate("random_init", random_init_file(args), args, sources)
+            if not wanted or "random_init" in wanted:  # --only names the runs to evaluate; random_init is one
+                evaluate("random_init", random_init_file(args), args, sources)
         if "report" in steps:
             print(f"\nTables: {report(args, specs)}")
     except PSLError as err:

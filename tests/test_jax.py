@@ -306,3 +306,28 @@ def test_jax_backend_refuses_what_it_cannot_do(tmp_path):
     assert result.returncode == 2 and "no on-device input path" in result.stderr
     result = train_without_tf(["--knn_monitor", "--output_dir", str(tmp_path / "k")], check=False)
     assert result.returncode == 2 and "--knn_monitor is not available with --backend jax" in result.stderr
+
+
+def test_the_jax_trainer_reads_a_warmup_schedule_compiled_once(tmp_path):
+    """The learning rate shown each step: Keras evaluates a warm-up cosine eagerly, which under JAX traces it
+    again on every call (160 ms here: SimCLR's steps on the H100 were several times their compiled step). The
+    JAX trainer compiles the schedule once per stage; the value is the schedule's."""
+    out = run(f"""
+import types, keras
+from psl_keras import optim
+from psl_keras.config import TrainConfig
+from psl_keras.jax_training import JaxTrainer
+trainer = JaxTrainer(TrainConfig(output_dir={str(tmp_path / "run")!r}), verbose=0)
+trainer.stage_state = types.SimpleNamespace(sync_iterations=lambda: None)
+schedule = optim.learning_rate_schedule("cosine", 0.6, 666, warmup_steps=74)
+optimizer = optim.build_optimizer("lars", schedule)
+optimizer.build([keras.Variable(keras.ops.ones((3, 3)))])
+model = types.SimpleNamespace(optimizer=optimizer)
+worst = 0.0
+for step in (0, 1, 37, 74, 75, 300, 665, 700):
+    optimizer.iterations.assign(step)
+    worst = max(worst, abs(trainer._learning_rate(model) - float(schedule(step))))
+print("result", worst, trainer._compiled_schedule[1]._cache_size())
+""", "jax")
+    worst, compiled = out.split("result")[-1].split()
+    assert float(worst) < 1e-6 and int(compiled) == 1
