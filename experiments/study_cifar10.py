@@ -87,8 +87,8 @@ def study_runs(seeds=(0, 1, 2)):
 
 # At the GPU budget SimCLR and jigsaw train for a share of rotation's E epochs per stage: what one 15-minute lease
 # fitted beside rotation's third seed. A jigsaw step (nine tiles an image) took 40-60 ms on the H100 with six runs
-# sharing it, a SimCLR step (two views, the colour ladder on the device) 140-210 ms, a rotation step 30-45 ms.
-# E = 30: SimCLR 3x3 (the minimum; 3x20 ran out of lease), jigsaw 3x6.
+# sharing it, a SimCLR step 140-230 ms (its warm-up schedule was read eagerly after every step, since fixed in the
+# JAX trainer), a rotation step 30-45 ms. E = 30: SimCLR 3x3 (the minimum; 3x20 ran out of lease), jigsaw 3x6.
 GPU_SHARE = {"rotation": 1.0, "simclr": 1 / 10, "jigsaw": 1 / 5}
 
 
