@@ -106,3 +106,26 @@ def test_deterministic_without_onednn_off_is_one_clear_error(tmp_path, monkeypat
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     with pytest.raises(PSLError, match="TF_ENABLE_ONEDNN_OPTS=0"):
         Trainer(tiny_config(tmp_path, deterministic=True), verbose=0).train()
+
+
+def test_sigterm_saves_the_steps_done_like_ctrl_c(tmp_path):
+    """kill / timeout / a scheduler's preemption send SIGTERM: it must take Ctrl-C's path (steps saved, exit 130)."""
+    import time
+
+    folder = image_folder(tmp_path / "images")
+    run = tmp_path / "run"
+    flags = ["--task=rotation", f"--dataset=folder:{folder}", "--backbone=resnet18", "--width=0.125",
+             "--image_size=32", "--head_hidden=16", "--batch_size=16", "--epochs_per_stage=100000",
+             "--steps_per_epoch=3", "--knn_bank_size=0", f"--output_dir={run}"]  # a run that cannot end by itself
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *flags], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "tensorboard").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    time.sleep(5)  # some steps and epochs of the first stage
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Interrupted. Continue with the same flags plus --resume" in stderr
+    state = json.loads((run / "state.json").read_text())  # written on the way out, at the step reached
+    assert state["stage"] == 1 and (state["epoch"], state["step"]) > (0, 0), state
