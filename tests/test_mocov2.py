@@ -82,6 +82,53 @@ def test_key_encoder_gets_no_gradient_and_follows_the_momentum_rule():
     assert moved > 10  # the query encoder really changed, so the rule is tested on real updates
 
 
+def test_a_querys_positive_is_the_key_of_the_other_view_of_the_same_image():
+    task, model, (views, _) = moco_stage(batch=8)
+    model.task_state.shuffle_groups = 1  # one BatchNorm group: keys then follow their images exactly
+
+    def outputs(inputs):
+        return task.stage_outputs(model, model.frozen_features(tf.constant(inputs)), training=True)
+
+    views = views.numpy()
+    base = outputs(views)
+    other_first = views.copy()
+    other_first[:, 0] = np.random.default_rng(1).uniform(size=other_first[:, 0].shape)
+    changed = outputs(other_first)
+    # Keys come from the second views only, queries from the first views only.
+    np.testing.assert_array_equal(changed["keys"].numpy(), base["keys"].numpy())
+    assert np.abs(changed["queries"].numpy() - base["queries"].numpy()).min(axis=1).max() > 0
+    other_second = views.copy()
+    other_second[:, 1] = other_first[:, 0]
+    np.testing.assert_array_equal(outputs(other_second)["queries"].numpy(), base["queries"].numpy())
+    # Row i's key is image i's: shuffling the images shuffles their keys the same way.
+    order = np.random.default_rng(2).permutation(8)
+    shuffled = outputs(views[order])
+    np.testing.assert_allclose(shuffled["keys"].numpy(), base["keys"].numpy()[order], atol=1e-5)
+    np.testing.assert_allclose(shuffled["queries"].numpy(), base["queries"].numpy()[order], atol=1e-5)
+
+
+def test_keys_are_normalised_with_the_statistics_of_their_shuffled_group_only():
+    """Shuffle BN: the key encoder uses batch statistics (a key depends on the images it is normalised with),
+    over a random group of the replica's keys, never the whole batch its query is normalised with."""
+    _, model, (views, _) = moco_stage(batch=8)
+    state = model.task_state
+    assert state.shuffle_groups == 2
+    features = model.frozen_features(views)[1::2].numpy()
+    keys = state.keys(tf.constant(features)).numpy()
+    one_by_one = np.concatenate([state.keys(tf.constant(features[i:i + 1])).numpy() for i in range(8)])
+    assert np.abs(keys - one_by_one).max() > 1e-2  # batch statistics, not the moving ones
+    partners = []  # for each key, the images whose change moves it
+    for j in range(8):
+        moved = features.copy()
+        moved[j] = moved[j] * 3.0 + 1.0
+        partners.append(np.abs(state.keys(tf.constant(moved)).numpy() - keys).max(axis=1) > 1e-5)
+    partners = np.array(partners).T  # partners[i, j]: image j shares key i's statistics
+    assert np.all(np.diag(partners))
+    assert np.all(partners.sum(axis=1) == 4)  # its group of 8 / 2 images, not the whole batch
+    assert np.array_equal(partners, partners.T)  # groups: a partition of the batch
+    assert not np.array_equal(partners[0], np.arange(8) < 4)  # shuffled groups, not the batch's halves
+
+
 def test_queue_is_first_in_first_out_and_wraps_around():
     _, model, _ = moco_stage(batch=8, queue_size=20)
     state = model.task_state

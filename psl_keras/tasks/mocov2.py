@@ -73,7 +73,10 @@ class MomentumEncoder(layers.Layer):
         self.seed = int(seed)
         for key, query in zip(self.key_layers, self.query_layers):
             key.set_weights(query.get_weights())
-            key.trainable = False  # nothing differentiates the key encoder
+            # Nothing differentiates the key encoder, but its layers stay trainable: a Keras 3 BatchNormalization
+            # whose layer is not trainable runs in inference mode, and the keys need batch statistics.
+            for variable in key.weights:
+                variable.trainable = False
         dim = head.output.shape[-1]
         start = keras.random.normal((queue_size, dim), seed=self.seed)
         start = start / ops.sqrt(ops.sum(ops.square(start), axis=1, keepdims=True))

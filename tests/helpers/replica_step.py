@@ -103,8 +103,10 @@ def main():
         result["local_loss_diff"] = max(abs(a - b) for a, b in zip(one_losses, local_losses))
     state = run.last_model.task_state
     if state is not None:  # MoCo: every replica's copy of the queue and key encoder must stay the same
+        # (The key encoder's BatchNorm moving statistics are left out: it normalises with batch statistics only,
+        # so each replica's copy follows its own keys and nothing reads them.)
         copies = [state.queue.value.values, state.queue_pointer.value.values] + [
-            k.value.values for k, _ in state.weight_pairs()]
+            k.value.values for k, q in state.weight_pairs() if q.trainable]
         result["copies_equal"] = all(all(np.array_equal(c[0].numpy(), x.numpy()) for x in c[1:]) for c in copies)
         result["queue_pointer"] = int(state.queue_pointer.numpy())
     print(json.dumps(result))
