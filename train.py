@@ -90,17 +90,15 @@ def _tensorflow_error(name):
     return getattr(tf.errors, name) if tf is not None and hasattr(tf, "errors") else type(name, (Exception,), {})
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep tf.distribute's per-step INFO lines off the progress bar
     # SIGTERM (kill, timeout, a scheduler's preemption, docker stop) takes Ctrl-C's path: the steps done are
     # saved and --resume continues, where the default action would drop everything since the last checkpoint.
-    signal.signal(signal.SIGTERM, _interrupt)
+    from psl_keras import loop
+
+    signal.signal(signal.SIGTERM, loop.request_stop)
     import keras
 
     from psl_keras.config import resolve_config

@@ -17,12 +17,28 @@ class Interrupted(KeyboardInterrupt):
         self.steps_done = steps_done
 
 
+_stop_requested = []  # the signals received by `request_stop` and not yet honoured
+
+
+def request_stop(signum, frame=None):
+    """Signal handler (SIGTERM: kill, timeout, a scheduler's preemption): the epoch loop stops before its next
+    step, as after a Ctrl-C there, so the steps done are saved. Deferred rather than raised where the signal
+    lands: a KeyboardInterrupt raised inside TensorFlow's input pipeline or a checkpoint write would surface as
+    some other error with nothing saved. A second signal stops at once."""
+    if _stop_requested:
+        raise KeyboardInterrupt(f"signal {signum}")
+    _stop_requested.append(signum)
+
+
 def run_epoch(step, iterator, steps, totals, first_step=0, after_step=None):
     """Steps `first_step` .. `steps - 1` of one epoch: each batch through `step` (a dict of all-reduced sums),
     the sums added into `totals`, then `after_step(i, sums, seconds)` (progress, checks, checkpoints,
-    callbacks; `seconds` counts the wait for data too). Ends early when the data does.
+    callbacks; `seconds` counts the wait for data too). Ends early when the data does; stops with
+    `Interrupted` before step i once `request_stop` was called.
     """
     for i in range(first_step, steps):
+        if _stop_requested:
+            raise Interrupted(i)
         started = time.time()
         try:
             batch = next(iterator)

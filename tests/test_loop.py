@@ -34,3 +34,21 @@ def test_ctrl_c_reports_how_many_steps_of_the_epoch_are_complete():
     with pytest.raises(KeyboardInterrupt) as stop:  # after the step: it is complete and counted
         loop.run_epoch(_step(), iter([10, 20, 30]), 3, totals, after_step=after_step)
     assert isinstance(stop.value, loop.Interrupted) and stop.value.steps_done == 2 and totals["loss"] == 30.0
+
+
+def test_a_stop_request_ends_the_epoch_at_the_next_step_boundary(monkeypatch):
+    monkeypatch.setattr(loop, "_stop_requested", [])
+
+    def after_step(i, sums, seconds):
+        if i == 1:  # the signal lands while step 1 is being finished: it completes and counts
+            loop.request_stop(15)
+
+    totals = {}
+    with pytest.raises(loop.Interrupted) as stop:
+        loop.run_epoch(_step(), iter([10, 20, 30, 40]), 4, totals, after_step=after_step)
+    assert stop.value.steps_done == 2 and totals == {"loss": 30.0, "count": 4.0}
+    with pytest.raises(KeyboardInterrupt):  # a second signal does not wait
+        loop.request_stop(15)
+    with pytest.raises(loop.Interrupted) as stop:  # a later epoch stops before its first step
+        loop.run_epoch(_step(), iter([10, 20]), 2, totals, first_step=1)
+    assert stop.value.steps_done == 1
