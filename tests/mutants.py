@@ -48,6 +48,8 @@ AUGMENT = ("tests/test_augment.py",)
 CONTRASTIVE = ("tests/test_contrastive.py", "tests/test_golden.py")
 MOCO = ("tests/test_mocov2.py",)
 JAX = ("tests/test_jax.py",)
+IMAGES = ("tests/test_images.py", "tests/test_properties.py")
+DEMO = ("tests/test_demo.py",)
 
 MUTANTS = (
     # --- stages: isolation, frozen statistics, loss scaling, decay targets, the plan -------------------
@@ -256,6 +258,65 @@ MUTANTS = (
     Mutant("C9", "MoCo's key encoder and queue left out of the checkpoint", "psl_keras/training.py",
            (('extra = {"task_state": model.task_state} if model.task_state is not None else {}', "extra = {}"),),
            MOCO),
+    Mutant("C10", "MoCo's keys made from the query's own view (the positive pair is an image with itself)",
+           "psl_keras/tasks/mocov2.py",
+           (("keys = stage_model.task_state.keys(features[1::2])", "keys = stage_model.task_state.keys(features[0::2])"),),
+           MOCO),
+    Mutant("C11", "MoCo's key encoder normalises with its moving statistics (Keras 3: a frozen BatchNorm layer runs "
+           "in inference mode), so shuffle BN does nothing", "psl_keras/tasks/mocov2.py",
+           (("            for variable in key.weights:\n                variable.trainable = False",
+             "            key.trainable = False"),), MOCO),
+    Mutant("C12", "MoCo's key groups not shuffled (the batch cut in order)", "psl_keras/tasks/mocov2.py",
+           (("order = tf.argsort(tf.random.stateless_uniform([count], seed)) if groups > 1 else tf.range(count)",
+             "order = tf.range(count)"),), MOCO),
+    Mutant("C13", "SimCLR's two views drawn from one seed (identical views)", "psl_keras/tasks/contrastive.py",
+           (("view2, params2 = self.ladder.sample(image, second, level)",
+             "view2, params2 = self.ladder.sample(image, first, level)"),), ("tests/test_contrastive.py",)),
+    # --- how often each augmentation fires (both ladders) ----------------------------------------------
+    Mutant("A1", "grayscale with probability 1 - p instead of p", "psl_keras/augment.py",
+           (("output_channels=3)\n\n    def sample(self, seed):\n        return {\"apply\": tf.random.stateless_uniform("
+             "[], tf.cast(seed, tf.int64)) < self.rate}",
+             "output_channels=3)\n\n    def sample(self, seed):\n        return {\"apply\": tf.random.stateless_uniform("
+             "[], tf.cast(seed, tf.int64)) >= self.rate}"),), AUGMENT),
+    Mutant("A2", "blur on every image (its rate ignored)", "psl_keras/augment.py",
+           (('"apply": tf.random.stateless_uniform([], apply_seed) < self.rate,',
+             '"apply": tf.random.stateless_uniform([], apply_seed) < 1.0,'),), AUGMENT),
+    Mutant("A3", "colour jitter on every image (its rate ignored)", "psl_keras/augment.py",
+           (('return tf.cond(params["apply"], lambda: self.jitter(image, params), lambda: image)',
+             "return self.jitter(image, params)"),), AUGMENT),
+    Mutant("A4", "crops never flipped", "psl_keras/augment.py",
+           (("flipped = tf.random.stateless_uniform([], flip_seed) < self.flip",
+             "flipped = tf.random.stateless_uniform([], flip_seed) < 0.0"),), AUGMENT),
+    Mutant("A5", "grayscale on the device with probability 1 - p", "psl_keras/array_augment.py",
+           (("gray=(rng.uniform(size=count) < GRAYSCALE_RATE)", "gray=(rng.uniform(size=count) >= GRAYSCALE_RATE)"),),
+           AUGMENT),
+    Mutant("A6", "Sobel on the device at the blur's rate", "psl_keras/array_augment.py",
+           (("sobel=(rng.uniform(size=count) < self.sobel_rate)", "sobel=(rng.uniform(size=count) < self.blur_rate)"),),
+           AUGMENT),
+    Mutant("A7", "the device's colour jitter on every view (its draw ignored)", "psl_keras/array_augment.py",
+           (('views = _select(params["jitter"], self.jitter(views, params), views)',
+             "views = self.jitter(views, params)"),), AUGMENT),
+    # --- schedules -------------------------------------------------------------------------------------
+    Mutant("O6", "warm-up counted in steps of one epoch (warm-up epochs taken as steps)", "psl_keras/training.py",
+           (("warmup_steps=int(c.warmup_epochs * steps_per_epoch),", "warmup_steps=int(c.warmup_epochs),"),),
+           OPTIM + ("tests/test_contrastive.py",)),
+    # --- reading images from the wild -----------------------------------------------------------------
+    Mutant("I1", "EXIF orientation ignored (a sideways phone photo stays sideways)", "psl_keras/images.py",
+           (("image = ImageOps.exif_transpose(image)", "image = image"),), IMAGES),
+    Mutant("I2", "a large JPEG decoded at reduced size with width and height swapped", "psl_keras/images.py",
+           (('image.draft("RGB", (int(width / scale), int(height / scale)))',
+             'image.draft("RGB", (int(height / scale), int(width / scale)))'),), IMAGES),
+    Mutant("I3", "an animation read at its last frame", "psl_keras/images.py",
+           (("image.seek(0)  # animated", "image.seek(getattr(image, 'n_frames', 1) - 1)  # animated"),), IMAGES),
+    Mutant("I4", "a large image shrunk to the decode side on its longer side", "psl_keras/images.py",
+           (("ratio = decode_side / min(image.size)", "ratio = decode_side / max(image.size)"),), IMAGES),
+    # --- evaluation and the demo --------------------------------------------------------------------------
+    Mutant("E13", "kNN uses k - 1 neighbours", "psl_keras/evaluation/knn.py",
+           (("top_sim, top_index = tf.math.top_k(similarity, k=k)", "top_sim, top_index = tf.math.top_k(similarity, k=max(k - 1, 1))"),),
+           EVALUATION),
+    Mutant("W1", "the demo's retrieval lists the least similar gallery images", "apps/core.py",
+           (("order = np.argsort(-similarity, kind=\"stable\")[:k]", "order = np.argsort(similarity, kind=\"stable\")[:k]"),),
+           DEMO),
 )
 
 

@@ -178,7 +178,7 @@ def test_any_keras_augmentation_layer_can_join_a_ladder():
     assert augment.RandomResizedCrop(8, seed=1)(batch).shape == (3, 8, 8, 3)
 
 
-# --- the ladder on the device (psl_keras.array_augment: Keras on JAX, issue 14) ------------------------------
+# --- the ladder on the device (psl_keras.array_augment: Keras on JAX) ------------------------------
 def test_array_ladder_steps_equal_the_tf_ladder_steps_with_the_same_choices():
     """Each step of the keras.ops ladder against the TF layer it stands in for, fed the same random choices
     (here under TensorFlow; test_jax.py runs the same steps under JAX)."""
@@ -250,3 +250,69 @@ def test_array_crop_boxes_follow_tf_sample_distorted_bounding_box(area):
     assert np.all(np.abs(np.subtract(stats(ours), stats(theirs))) <= [0.015, 0.01, 0.012, 0.35, 0.35])
     # An area-uniform draw (the obvious implementation) is far off: its mean area is 0.1 higher.
     assert (max(area[0], 0.1) + 1) / 2 - stats(ours)[0] > 0.08
+
+
+# --- how often each step fires: its rate, measured on the images over many seeds -----------------------------
+RATE_SAMPLES = 2000
+RATE_TOLERANCE = 0.04  # above 4 binomial standard deviations at these rates and this count
+
+
+def _colour_images(count, size=8, seed=7):
+    return np.random.default_rng(seed).uniform(0.1, 0.9, (count, size, size, 3)).astype(np.float32)
+
+
+def _fired(before, after):
+    return np.abs(after - before).reshape(len(before), -1).max(axis=1) > 1e-4
+
+
+def test_every_step_of_the_ladder_fires_at_its_rate():
+    """Over 2,000 images with their own seeds: flip 0.5, jitter 0.8, grayscale 0.2 (SimCLR's), blur and Sobel at
+    the rates the ladder was given — counted on what each step did to the images, not on its parameters."""
+    ladder = augment.simclr_ladder(8, blur_rate=0.3, sobel_rate=0.1)
+    crop, jitter, gray, blur, sobel = ladder.level(3)
+    images = _colour_images(RATE_SAMPLES)
+    seeds = tf.stack([tf.fill([RATE_SAMPLES], 11), tf.range(RATE_SAMPLES)], axis=1)
+
+    per_image = lambda layer: tf.function(lambda x, s: tf.map_fn(  # noqa: E731
+        lambda a: layer.apply_one(*a), (x, s), fn_output_signature=tf.float32))
+    # The ladder's crop, flip and all, on a square image it must keep whole: only the flip changes it.
+    whole = augment.RandomResizedCrop(8, area=(1.0, 1.0), aspect_ratio=(1.0, 1.0), flip=crop.flip)
+    flipped = per_image(whole)(tf.constant(images), seeds).numpy()
+    same = lambda a, b: np.abs(a - b).reshape(RATE_SAMPLES, -1).max(axis=1) < 1e-5  # noqa: E731
+    mirrored = same(flipped, images[:, :, ::-1])
+    assert np.all(mirrored | same(flipped, images))
+    rates = {"flip": mirrored.mean(),
+             "jitter": _fired(images, per_image(jitter)(tf.constant(images), seeds).numpy()).mean()}
+    for name, layer in (("gray", gray), ("blur", blur), ("sobel", sobel)):
+        params = tf.vectorized_map(layer.sample, tf.cast(seeds, tf.int64))
+        out = layer.augment(tf.constant(images), params).numpy()
+        rates[name] = _fired(images, out).mean()
+        if name == "gray":  # the picked images are grey, the others keep their colour
+            grey = np.abs(out - out[..., :1]).reshape(RATE_SAMPLES, -1).max(axis=1) < 1e-5
+            assert grey.mean() == pytest.approx(rates[name])
+    expected = {"flip": 0.5, "jitter": 0.8, "gray": 0.2, "blur": 0.3, "sobel": 0.1}
+    assert (crop.flip, jitter.rate, gray.rate, blur.rate, sobel.rate) == tuple(expected.values())
+    for name, rate in expected.items():
+        assert abs(rates[name] - rate) < RATE_TOLERANCE, (name, rates[name], rate)
+
+
+def test_every_step_of_the_array_ladder_fires_at_its_rate():
+    """The device ladder's draws and views together: each step changes the share of views its rate says."""
+    from psl_keras import array_augment
+
+    images = np.round(_colour_images(RATE_SAMPLES) * 255).astype(np.uint8)
+    rates = {}
+    for blur_rate, sobel_rate in ((0.3, 0.0), (0.0, 0.1)):
+        # A crop of the whole image (area 1 on a square), so that the views before jitter are the images.
+        ladder = array_augment.ArrayLadder(8, crop_area=(1.0, 1.0), blur_rate=blur_rate, sobel_rate=sobel_rate)
+        params = ladder.draw(np.random.default_rng(3), RATE_SAMPLES, 3, 8, 8)
+        level1, level2, level3 = (np.asarray(ladder.views(images, params, level)) for level in (1, 2, 3))
+        mirrored = images[:, :, ::-1] / 255.0
+        rates["flip"] = np.mean(np.abs(level1 - mirrored).reshape(RATE_SAMPLES, -1).max(axis=1) < 1e-4)
+        grey = np.abs(level2 - level2[..., :1]).reshape(RATE_SAMPLES, -1).max(axis=1) < 1e-5
+        rates["gray"] = grey.mean()
+        rates["jitter"] = _fired(level1[~grey], level2[~grey]).mean()  # among the views still in colour
+        rates["blur" if blur_rate else "sobel"] = _fired(level2, level3).mean()
+    expected = {"flip": 0.5, "gray": 0.2, "jitter": 0.8, "blur": 0.3, "sobel": 0.1}
+    for name, rate in expected.items():
+        assert abs(rates[name] - rate) < RATE_TOLERANCE, (name, rates[name], rate)
