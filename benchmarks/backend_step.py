@@ -1,4 +1,4 @@
-"""TF vs JAX: the time of one stage training step, S1/S2/S3 and E2E, same model, same batch (issue 13).
+"""TF vs JAX: the time of one stage training step, S1/S2/S3 and E2E, same model, same batch.
 
 Runs itself once per backend in a fresh process (Keras picks its backend at import), then prints images/s per
 stage and the JAX/TF ratio. Each process times `--steps` steps after `--warmup` compiled ones.

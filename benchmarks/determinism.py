@@ -1,10 +1,10 @@
-"""Where runs stop repeating, and what --deterministic costs (issue 12, point 4).
+"""Where runs stop repeating, and what --deterministic costs.
 
 Trains a few steps per stage at the cifar10_small scale (ResNet-18 width 0.5, batch 512) in
 fresh processes and compares the stage-1 backbones (B1-B3 trained) bit for bit:
 
   psl vs psl        the same run twice: run-to-run non-determinism
-  psl vs psl_f      the same computation under two modes (what issue 12 saw)
+  psl vs psl_f      the same computation under two modes
   ... for each variant (the default; TF's op determinism with oneDNN off; --deterministic, which also gives each
   CPU thread pool one thread), with the step throughput of each.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-4 comparison: rotation on CIFAR-10 in psl, sl, psl_f and e2e mode at one epoch budget, then the
+# The mode comparison: rotation on CIFAR-10 in psl, sl, psl_f and e2e mode at one epoch budget, then the
 # all-blocks linear probes and kNN side by side (compare with ../shared/docs/calibration.md).
 #   bash experiments/rotation_cifar10.sh [DATA_DIR] [RUNS_DIR] [EPOCHS_PER_STAGE] [PROBE_EPOCHS]
 # Each training run is resumable: re-running the script continues unfinished runs and skips finished ones.
@@ -25,7 +25,7 @@ if [ ! -f "$RUNS/random_init.keras" ]; then
 keras.utils.set_random_seed(0); build_backbone('resnet18', 32, width=0.5).save(sys.argv[1])" "$RUNS/random_init.keras"
 fi
 RUN_LIST="e2e=$RUNS/e2e,psl=$RUNS/psl,sl=$RUNS/sl,psl_f=$RUNS/psl_f,random=$RUNS/random_init.keras"
-# k=200 is the issue's default; k=20 is the setting of calibration.md.
+# k=200 is the default; k=20 is the setting of calibration.md.
 $PY evaluate.py --probe knn --k 200,20 --runs "$RUN_LIST" --data_dir "$DATA_DIR" --output_dir "$RUNS/eval_knn"
 $PY evaluate.py --probe all-blocks --runs "$RUN_LIST" --data_dir "$DATA_DIR" --epochs "$PROBE_EPOCHS" \
   --output_dir "$RUNS/eval_linear"

@@ -1,4 +1,4 @@
-"""The contrastive ladder T1 ⊆ T2 ⊆ T3 on the device, in `keras.ops` (the input path of Keras on JAX, issue 14).
+"""The contrastive ladder T1 ⊆ T2 ⊆ T3 on the device, in `keras.ops` (the input path of Keras on JAX).
 
 `psl_keras.augment` builds the ladder from keras-cv and tf.image layers that run in tf.data; where TensorFlow is
 absent (the JAX machine) this module makes the same views from a batch of same-size images held on the device:

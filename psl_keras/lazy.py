@@ -1,7 +1,7 @@
 """TensorFlow, imported on first use.
 
 Model code (backbones, the stage model, the tasks' heads and losses) must import where TensorFlow is absent:
-Keras on JAX (issue 13). Modules that also hold a TensorFlow input pipeline import `tf` from here, so the
+Keras on JAX. Modules that also hold a TensorFlow input pipeline import `tf` from here, so the
 pipeline loads TensorFlow when it first runs and the rest of the module works without it.
 """
 

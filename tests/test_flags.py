@@ -1,5 +1,5 @@
 """Every numeric and choice flag of train.py, evaluate.py and the demo refuses out-of-range values when the flags
-are parsed, with one message naming the flag, the value and what is allowed (issue 12, point 7).
+are parsed, with one message naming the flag, the value and what is allowed.
 
 The tables below hold values a user could type; a flag that a script defines but the table does not list fails
 the test, so a new flag cannot skip its check.

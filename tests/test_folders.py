@@ -1,4 +1,4 @@
-"""Image folders from the wild (issue 12, point 2): unreadable files are found once, counted, named and left out
+"""Image folders from the wild: unreadable files are found once, counted, named and left out
 before the epoch length is computed; every readable kind becomes RGB uint8; small images are upscaled."""
 
 import json
@@ -77,7 +77,7 @@ def test_training_on_a_wild_folder_reports_the_left_out_files_in_its_summary(tmp
 
 
 def test_each_worker_decodes_only_its_share(tmp_path, monkeypatch):
-    # Issue 12, point 6: the file list is split before decoding, so with 2 input pipelines each decodes half;
+    # The file list is split before decoding, so with 2 input pipelines each decodes half;
     # together they see every example once, the same split by example index as before.
     import tensorflow as tf
 

@@ -12,7 +12,7 @@ extensions oneDNN dispatches on). On a CPU with no fingerprint yet the test skip
 The fingerprints of 2026-11-27 (AMD EPYC, AVX2) were recorded on commit dbb70bd, which matched 7d78921's
 fingerprint bit for bit on the CPU that recorded the first one (its signature was not recorded).
 
-Issue 11 changed two defaults (rotation's resampling, jigsaw's small-image geometry); the runs here name the
+Two defaults changed since the first fingerprints (rotation's resampling, jigsaw's small-image geometry); the runs here name the
 values those runs were made with, which stay reachable as flags for reproducing published numbers.
 """
 

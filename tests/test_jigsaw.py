@@ -62,7 +62,7 @@ def test_preprocess_shapes_labels_and_tile_normalisation(tmp_path, monkeypatch):
     monkeypatch.setenv("PSL_KERAS_CACHE", str(tmp_path))
     task = build_task("jigsaw", 32, options={"set_sizes": "5,10,20", "tile_grayscale": 0.5,
                                              "tile_color_jitter": 0.1})
-    # Small images: 27-px tiles in 54-px cells (the gapped geometry, issue 11); the old one stays reachable.
+    # Small images: 27-px tiles in 54-px cells (the gapped geometry); the old one stays reachable.
     assert (task.crop_size, task.cell_size, task.tile_size, task.resize_shorter) == (162, 54, 27, 184)
     standard = build_task("jigsaw", 32, options={"set_sizes": "5,10,20", "geometry": "standard"})
     assert (standard.crop_size, standard.cell_size, standard.tile_size, standard.resize_shorter) == (96, 32, 27, 109)

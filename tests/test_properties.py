@@ -1,6 +1,6 @@
 """Property tests (hypothesis): any image a user can hand over -- 1x1 to large, 1/3/4 channels, uint8/uint16/
 float -- goes through every task's preprocessing and every evaluation view with the documented shape, dtype and
-range, and never a NaN (issue 12, point 5)."""
+range, and never a NaN."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The CIFAR-10 study script (issue 14) end to end at its --tiny budget: every run trains, every evaluation is
+"""The CIFAR-10 study script end to end at its --tiny budget: every run trains, every evaluation is
 cached, the tables come out with mean ± spread over seeds, and a second call redoes nothing."""
 
 import dataclasses

@@ -95,7 +95,7 @@ class RotationTask(Task):
         "resize_shorter": (0, "Shorter side before rotating (0: image_size*256/224; none at <=64 px).",
                            non_negative_int()),
         "resample": ("smooth", "smooth: bilinear then an isotropic 0.6-px Gaussian, which removes the angle's "
-                               "interpolation fingerprint (issue 11); bilinear: the runs published before it.",
+                               "interpolation fingerprint; bilinear: the resampling of runs made before smooth.",
                      RESAMPLING),
     }
     LEGACY_OPTIONS = {"resample": "bilinear"}
@@ -171,7 +171,7 @@ class RotationTask(Task):
 
     def batch_rotate(self, images, labels, level, flips, offsets):
         """The rotation examples of a whole batch of same-size images, with `keras.ops` only: the on-device
-        input path of Keras on JAX (issue 13), where tf.data is absent. The same geometry as `rotate`
+        input path of Keras on JAX, where tf.data is absent. The same geometry as `rotate`
         (tested against it) for images that need no resizing (the <=64 px setting).
 
         images: uint8 or float [B, H, W, 3]; labels int [B] (angle k * 360 / |R_level|); flips {0, 1} [B];
