@@ -94,7 +94,7 @@ def run_evaluation():
     from psl_keras import distribute
     from psl_keras.errors import PSLError
     from psl_keras.evaluation import protocols, report
-    from psl_keras.evaluation.runs import parse_runs
+    from psl_keras.rundir import parse_runs
 
     if not FLAGS.runs:
         raise PSLError("--runs is required: one or more run directories written by train.py.")

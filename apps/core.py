@@ -9,26 +9,26 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import threading
-import zipfile
 
 import numpy as np
 
 from psl_keras import data as data_lib
 from psl_keras import images as images_lib
+from psl_keras import rundir
+from psl_keras.atomic import atomic_path
 from psl_keras.backbones import BLOCK_NAMES
 from psl_keras.errors import PSLError
 from psl_keras.evaluation import knn as knn_lib
-from psl_keras.evaluation import runs as runs_lib
 from psl_keras.evaluation.preprocessing import center_view
-from psl_keras.rundir import BACKBONE_FILE, STATE_FILE, SUMMARY_FILE
+
+DISPLAY_SIDE = 160  # small model inputs are enlarged (nearest neighbour) to this side for display
+
 
 def train_command(runs_dir):
     """The command that trains a run the page will find under `runs_dir`."""
     return (f"python train.py --task rotation --config cifar10_small --data_dir ../shared/tfds "
             f"--output_dir {os.path.join(runs_dir, 'rotation_psl')}")
-DISPLAY_SIDE = 160  # small model inputs are enlarged (nearest neighbour) to this side for display
 
 
 # --- runs ---------------------------------------------------------------------------------------------
@@ -79,40 +79,8 @@ RUN_COLUMNS = ["run", "task", "mode", "backbone", "data", "epochs", "pretext acc
 
 def discover_runs(runs_dir):
     """Every run directory under `runs_dir` (recursively), sorted by name; unusable ones say why."""
-    found = []
-    if not runs_dir or not os.path.isdir(runs_dir):
-        return found
-    for directory, subdirs, files in os.walk(runs_dir):
-        if not ({SUMMARY_FILE, BACKBONE_FILE, STATE_FILE} & set(files)):
-            continue
-        subdirs[:] = []  # a run's checkpoints/ and tensorboard/ are not runs
-        name = os.path.relpath(directory, runs_dir)
-        summary, problem = {}, ""
-        if SUMMARY_FILE in files:
-            try:
-                with open(os.path.join(directory, SUMMARY_FILE)) as f:
-                    summary = json.load(f)
-            except (OSError, ValueError) as err:
-                problem = f"{SUMMARY_FILE} is unreadable ({err})"
-        if not summary and STATE_FILE in files:  # a run still training (or stopped): its settings and progress
-            try:
-                with open(os.path.join(directory, STATE_FILE)) as f:
-                    state = json.load(f)
-                summary = {"config": state.get("config") or {}, "stages": state.get("stages") or []}
-                progress = f"stage {state.get('stage')}, {state.get('epoch')} epoch(s) done"
-            except (OSError, ValueError, AttributeError):
-                progress = f"{STATE_FILE} unreadable"
-        else:
-            progress = ""
-        if BACKBONE_FILE not in files:
-            problem = problem or (f"unfinished ({progress + '; ' if progress else ''}no {BACKBONE_FILE}): "
-                                  f"continue it with train.py --resume")
-        elif not zipfile.is_zipfile(os.path.join(directory, BACKBONE_FILE)):  # cheap; loading comes later
-            problem = problem or f"{BACKBONE_FILE} is damaged (not a .keras archive)"
-        elif not summary and not problem:
-            problem = f"no {SUMMARY_FILE}"
-        found.append(RunInfo(name, directory, summary, problem))
-    return sorted(found, key=lambda r: r.name)
+    return [RunInfo(os.path.relpath(path, runs_dir), path, summary, problem)
+            for path, summary, problem in rundir.scan_runs(runs_dir)]
 
 
 def _signature(path):
@@ -132,7 +100,7 @@ class LoadedRun:
         if info.problem:
             raise PSLError(f"Run {info.name} cannot be used: {info.problem}.")
         self.info = info
-        self.run = runs_lib.find_run(info.path, info.name)
+        self.run = rundir.find_run(info.path, info.name)
         self._lock = threading.Lock()
         self._backbone = None
         self._stages = None
@@ -142,7 +110,7 @@ class LoadedRun:
     def backbone(self):
         with self._lock:
             if self._backbone is None:
-                self._backbone = runs_lib.load_backbone(self.run)
+                self._backbone = rundir.load_backbone(self.run)
             return self._backbone
 
     @property
@@ -155,24 +123,14 @@ class LoadedRun:
     def task(self):
         with self._lock:
             if self._task is None:
-                self._task = runs_lib.run_task(self.run)
+                self._task = rundir.run_task(self.run)
             return self._task
 
     def stages(self):
         """[(StageHead, the backbone as that stage left it)]; [] for a run that kept no heads."""
-        import keras
-
         with self._lock:
             if self._stages is None:
-                stages = []
-                for head in runs_lib.load_stage_heads(self.run):
-                    path = os.path.join(self.run.path, f"stage{head.stage}_backbone.keras")
-                    try:
-                        backbone = keras.saving.load_model(path, safe_mode=True, compile=False)
-                    except Exception as err:
-                        raise PSLError(f"Run {self.info.name}: cannot load {path} ({type(err).__name__}).") from None
-                    stages.append((head, backbone))
-                self._stages = stages
+                self._stages = rundir.load_stages(self.run)
             return self._stages
 
 
@@ -319,11 +277,8 @@ class Gallery:
                 pass  # damaged: computed again below
         features, _ = knn_lib.extract_features(loaded.backbone, self.source, loaded.image_size, [block],
                                                on_progress=on_progress)
-        os.makedirs(self.cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".npy")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, features[block])
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.save(tmp, features[block])
         return features[block]
 
 

@@ -1,4 +1,4 @@
-"""The CIFAR-10 study (issue 14): does PSL help, at budgets where the answer means something?
+"""The CIFAR-10 study: does PSL help, at budgets where the answer means something?
 
 Trains every run below, evaluates each one (kNN at k=200 and 20, all-blocks linear probes, and the probes again
 at a longer budget to show the ranking has settled), and writes the tables of docs/results.md. Resumable at every
@@ -14,7 +14,7 @@ Runs (CIFAR-10 train, cifar10_small: CIFAR ResNet-18 at width 0.5, batch 512, SG
             (the multiply-adds of psl's three stages: `flops.equal_compute_e2e_epochs`, 10.4 -> 10 epochs)
   jigsaw    psl 3x3 and e2e 9 epochs, seed 0, on the first 10,000 training images (a puzzle costs 9 tiles)
   simclr    psl 3x3 and e2e 9 epochs, seed 0
-GPU budget (--gpu_epochs E, Keras on JAX, where TensorFlow is absent; the issue's budget is E = 30):
+GPU budget (--gpu_epochs E, Keras on JAX, where TensorFlow is absent; the study's budget is E = 30):
   rotation  psl 3xE and e2e 3E epochs, seed 0; sl and psl_f 3xE; then psl and e2e seeds 1 and 2. Runs are named
             rotation_psl_s0_gpuE; train them with --step train on the JAX machine from an array file
             (--dataset arrays:FILE), then evaluate and report them here with the same --gpu_epochs.
@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 STEPS = ("train", "evaluate", "report")
-LINEAR_EPOCHS = 10  # the issue's minimum; LONG_LINEAR_EPOCHS checks that the ranking no longer moves
+LINEAR_EPOCHS = 10  # the study's minimum; LONG_LINEAR_EPOCHS checks that the ranking no longer moves
 LONG_LINEAR_EPOCHS = 20
 KNN_K = (200, 20)
 
@@ -60,8 +60,8 @@ class RunSpec:
 
 
 # The rotation runs use the paper's bilinear resampling (`--rotation_resample bilinear`): seed 0 of psl and e2e
-# are the runs of the demo issue, trained before the smoothed resampling became the default (issue 11 measured
-# the two within run-to-run noise at 3x1 epochs). Jigsaw runs with the gapped tiles of issue 11 (the default).
+# were trained before the smoothed resampling became the default (the two measured within run-to-run noise at
+# 3x1 epochs). Jigsaw runs with the gapped tiles (the default).
 TASK_SETTINGS = {
     "rotation": {"knn_monitor": True, "task_options": {"resample": "bilinear"}},
     "jigsaw": {"split": "train[:10000]"},
@@ -85,10 +85,10 @@ def study_runs(seeds=(0, 1, 2)):
     return runs
 
 
-# At the GPU budget SimCLR and jigsaw train for a share of rotation's E epochs per stage: what one 15-minute lease
-# fitted beside rotation's third seed. A jigsaw step (nine tiles an image) took 40-60 ms on the H100 with six runs
+# At the GPU budget SimCLR and jigsaw train for a share of rotation's E epochs per stage: what 15 minutes of one
+# H100 fitted beside rotation's third seed. A jigsaw step (nine tiles an image) took 40-60 ms on the H100 with six runs
 # sharing it, a SimCLR step 140-230 ms (its warm-up schedule was read eagerly after every step, since fixed in the
-# JAX trainer), a rotation step 30-45 ms. E = 30: SimCLR 3x3 (the issue's minimum; 3x20 ran out of lease), jigsaw 3x6.
+# JAX trainer), a rotation step 30-45 ms. E = 30: SimCLR 3x3 (3x20 did not fit in those 15 minutes), jigsaw 3x6.
 GPU_SHARE = {"rotation": 1.0, "simclr": 1 / 10, "jigsaw": 1 / 5}
 
 
@@ -204,14 +204,15 @@ def eval_command_lines(args, specs):
 def train(spec, args):
     import keras
 
+    from psl_keras import rundir
     from psl_keras.config import resolve_config
     from psl_keras.training import Trainer
 
     settings = train_settings(spec, args)
     out = settings["output_dir"]
-    if os.path.exists(os.path.join(out, "summary.json")):
+    if rundir.read_summary(out) is not None:
         return "done"
-    resume = os.path.exists(os.path.join(out, "state.json"))
+    resume = rundir.has_started(out)
     print(f"\n=== {spec.name}: {'resuming' if resume else 'training'}\n{command_line('train.py', settings)}"
           + (" --resume" if resume else ""), flush=True)
     keras.backend.clear_session()
@@ -254,7 +255,7 @@ def evaluate(name, path, args, sources):
     """kNN and linear probes of one run (or .keras file), each cached in RUNS/eval/NAME.json."""
     from psl_keras import distribute
     from psl_keras.evaluation import protocols
-    from psl_keras.evaluation.runs import parse_runs
+    from psl_keras.rundir import parse_runs
 
     cache = os.path.join(args.runs_dir, "eval", f"{name}.json")
     results = json.load(open(cache)) if os.path.exists(cache) else {}
@@ -266,7 +267,7 @@ def evaluate(name, path, args, sources):
         if key in results or key not in args.probes:
             continue
         started = time.time()
-        # Probe training keeps its state per epoch here, so a sitting that ends mid-probe loses one epoch at most.
+        # Probe training keeps its state per epoch here, so a process that ends mid-probe loses one epoch at most.
         state_dir = os.path.join(args.runs_dir, "eval", "state", f"{name}_{key}")
         config = dataclasses.replace(eval_settings(args, epochs), resume_dir=state_dir)
         print(f"\n=== {name}: {key}", flush=True)
@@ -298,13 +299,14 @@ def mean_spread(values):
 
 def report(args, specs):
     """Markdown tables in the shape of the paper's Table 5, one per task, into RUNS/results.md."""
+    from psl_keras import rundir
+
     rows_by_task = {}
     for spec in specs:
-        summary_path = os.path.join(args.runs_dir, spec.name, "summary.json")
         evaluation_path = os.path.join(args.runs_dir, "eval", f"{spec.name}.json")
-        if not os.path.exists(summary_path):
+        summary = rundir.read_summary(os.path.join(args.runs_dir, spec.name))
+        if summary is None:
             continue
-        summary = json.load(open(summary_path))
         evaluation = json.load(open(evaluation_path)) if os.path.exists(evaluation_path) else {}
         rows_by_task.setdefault(spec.table, {}).setdefault(spec.mode, []).append((spec, summary, evaluation))
     if not rows_by_task:
@@ -462,7 +464,7 @@ def main(argv=None):
                         help="evaluations to run: knn, linear, linear_long (the longer probes of --long_probes)")
     parser.add_argument("--tiny", action="store_true", help="smoke budget (CI): every run and step, minutes")
     parser.add_argument("--gpu_epochs", type=int, default=0,
-                        help="the GPU budget's runs instead (Keras on JAX), E epochs per stage; the issue's is 30")
+                        help="the GPU budget's runs instead (Keras on JAX), E epochs per stage; the study's is 30")
     parser.add_argument("--dataset", default="cifar10",
                         help="the GPU runs' training data: arrays:FILE where TensorFlow is absent (psl_keras.arrays)")
     parser.add_argument("--print_commands", action="store_true",
@@ -500,6 +502,7 @@ def main(argv=None):
             print(command_line("train.py", train_settings(spec, args)))
         print("\n".join(eval_command_lines(args, specs)))
         return 0
+    from psl_keras import rundir
     from psl_keras.errors import PSLError
 
     try:
@@ -510,7 +513,7 @@ def main(argv=None):
             from psl_keras.evaluation import protocols
 
             sources = protocols.load_sources(eval_settings(args))
-            finished = [s for s in specs if os.path.exists(os.path.join(args.runs_dir, s.name, "summary.json"))]
+            finished = [s for s in specs if rundir.read_summary(os.path.join(args.runs_dir, s.name)) is not None]
             for spec in finished:
                 evaluate(spec.name, os.path.join(args.runs_dir, spec.name), args, sources)
             if not wanted or "random_init" in wanted:  # --only names the runs to evaluate; random_init is one

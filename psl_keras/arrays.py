@@ -1,21 +1,19 @@
 """Array datasets: a split exported once (on a TensorFlow machine) to one compact file that loads without it.
 
-The JAX path (issue 13) trains where TensorFlow cannot be installed, and a call to that machine carries at most
-64 MiB. A split of fixed-size images is stored losslessly: each pixel is predicted from its neighbours
+The JAX path trains where TensorFlow cannot be installed, and a GPU machine is often reached through a
+narrow copy of files. A split of fixed-size images is stored losslessly: each pixel is predicted from its neighbours
 (median edge detector, as in JPEG-LS), the residuals colour-decorrelated and compressed with LZMA. Reading
 needs NumPy only.
 
-  python -m psl_keras.arrays --dataset cifar10 --split train --data_dir ../shared/tfds --out cifar10_train.npz
+  python -m psl_keras.data --dataset cifar10 --split train --data_dir ../shared/tfds --out cifar10_train.npz
 """
 
-import argparse
 import json
 import lzma
-import os
-import sys
-import time
 
 import numpy as np
+
+from psl_keras.atomic import atomic_path
 
 FORMAT = "psl-keras-arrays/2"
 PREFIX = "arrays:"  # --dataset arrays:FILE
@@ -88,10 +86,9 @@ def save_arrays(path, images, labels, name, split, num_classes=0, class_names=()
         raise ValueError(f"expected images [N, H, W, C] and N labels, got {images.shape} and {labels.shape}")
     meta = {"format": FORMAT, "name": name, "split": split, "shape": list(images.shape),
             "num_classes": int(num_classes), "class_names": list(class_names)}
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-             images=np.frombuffer(encode_images(images), np.uint8), labels=labels)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                 images=np.frombuffer(encode_images(images), np.uint8), labels=labels)
 
 
 def load_arrays(path):
@@ -107,40 +104,5 @@ def load_arrays(path):
             labels = np.array(stored["labels"])
     except (OSError, ValueError, KeyError, lzma.LZMAError, json.JSONDecodeError) as err:
         raise PSLError(f"{path} is not an array dataset written by psl_keras.arrays ({err}). Export one with "
-                       f"`python -m psl_keras.arrays --dataset NAME --split SPLIT --out FILE`.") from None
+                       f"`python -m psl_keras.data --dataset NAME --split SPLIT --out FILE`.") from None
     return images, labels, meta
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Export a split of fixed-size images to an array dataset file.")
-    parser.add_argument("--dataset", required=True, help="TFDS name or folder:PATH")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--data_dir", default="")
-    parser.add_argument("--limit", type=int, default=0, help="first N examples only (0: all)")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    from psl_keras import data
-    from psl_keras.errors import PSLError
-
-    try:
-        source = data.load_images(args.dataset, args.data_dir or None, args.split)
-        if args.limit:
-            source = source.head(args.limit)
-        source = source.in_memory()
-        images, labels = source.arrays
-        if images.ndim != 4:
-            raise PSLError(f"{args.dataset} {args.split}: images of different sizes cannot be exported as one "
-                           f"array; resize them first.")
-        start = time.time()
-        save_arrays(args.out, images, labels, source.name, args.split, source.num_classes, source.class_names)
-    except PSLError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    size = os.path.getsize(args.out)
-    print(f"{args.out}: {len(images)} images {images.shape[1:]}, {size / 2**20:.1f} MiB "
-          f"({images.nbytes / size:.2f}x smaller than raw), {time.time() - start:.0f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ import os
 
 import keras
 
-from psl_keras.rundir import write_text_atomic
+from psl_keras.atomic import write_atomic
 
 
 class RunCSVLogger(keras.callbacks.Callback):
@@ -38,7 +38,7 @@ class RunCSVLogger(keras.callbacks.Callback):
             lines = f.read().splitlines(keepends=True)
         kept = lines[:1] + [line for line in lines[1:] if line.endswith("\n") and _row_epoch(line) < epoch]
         if len(kept) < len(lines):
-            write_text_atomic(self.filename, "".join(kept))
+            write_atomic(self.filename, "".join(kept))
 
 
 def _row_epoch(line):

@@ -41,7 +41,7 @@ class TrainConfig:
     sync_bn: bool = setting(False, "Synchronise BatchNorm statistics across replicas.")
     head_hidden: int = setting(256, "Hidden units of the stage heads.", allowed=positive_int())
     stage_windows: str = setting("1-3,2-4,3-5", "Stage windows over blocks B1..B5.")
-    dataset: str = setting("cifar10", "TFDS dataset name, folder:PATH, or arrays:FILE (python -m psl_keras.arrays).")
+    dataset: str = setting("cifar10", "TFDS dataset name, folder:PATH, or arrays:FILE (python -m psl_keras.data).")
     data_dir: str = setting("", "TFDS data directory (default: TFDS's own, $TFDS_DATA_DIR or ~/tensorflow_datasets).")
     split: str = setting("train", "Split to train on.")
     download: bool = setting(True, "Download and prepare a TFDS dataset missing from --data_dir "

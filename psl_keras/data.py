@@ -7,6 +7,7 @@ workers, seeded shuffling, parallel preprocessing, per-replica batching and pref
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
@@ -370,3 +371,40 @@ def eval_pipeline(source, view, global_batch_size, input_context=None):
     data = source.shard(num_pipelines, pipeline_id)
     data = data.map(lambda image, label: (view(image), label), num_parallel_calls=tf.data.AUTOTUNE)
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def main(argv=None):
+    """`python -m psl_keras.data`: exports a split of fixed-size images to an array dataset file (`arrays:FILE`),
+    what the JAX trainer reads where TensorFlow is absent."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="Export a split of fixed-size images to an array dataset file.")
+    parser.add_argument("--dataset", required=True, help="TFDS name or folder:PATH")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--data_dir", default="")
+    parser.add_argument("--limit", type=int, default=0, help="first N examples only (0: all)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        source = load_images(args.dataset, args.data_dir or None, args.split)
+        if args.limit:
+            source = source.head(args.limit)
+        source = source.in_memory()
+        images, labels = source.arrays
+        if images.ndim != 4:
+            raise PSLError(f"{args.dataset} {args.split}: images of different sizes cannot be exported as one "
+                           f"array; resize them first.")
+        start = time.time()
+        arrays_lib.save_arrays(args.out, images, labels, source.name, args.split, source.num_classes, source.class_names)
+    except PSLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = os.path.getsize(args.out)
+    print(f"{args.out}: {len(images)} images {images.shape[1:]}, {size / 2**20:.1f} MiB "
+          f"({images.nbytes / size:.2f}x smaller than raw), {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,7 +79,7 @@ def scan(files, root, verbose=True, workers=None):
     if progress:
         progress.update(len(files), finalize=True)
     try:
-        from psl_keras.rundir import write_json_atomic
+        from psl_keras.atomic import write_json_atomic
 
         os.makedirs(cache_dir(), exist_ok=True)
         write_json_atomic(cached, {"root": os.path.abspath(root), "files": len(files), "unreadable": unreadable})

@@ -1,4 +1,4 @@
-"""A stage's training step under Keras on JAX: the counterpart of `StageModel.train_step` (issue 13).
+"""A stage's training step under Keras on JAX: the counterpart of `StageModel.train_step`.
 
 The same StageModel, task and loss; what differs is how gradients and state updates are taken. The step is one
 pure function, compiled once per stage with `jax.jit`:
@@ -15,9 +15,8 @@ Imports no TensorFlow: it runs where only JAX is installed.
 
 import jax
 import keras
-from keras import ops
 
-from psl_keras import optim
+from psl_keras.stages import step_sums
 
 
 class JaxStageStep:
@@ -66,12 +65,7 @@ class JaxStageStep:
         model = self.model
         mapping = list(zip(self.trained, trained)) + list(zip(self.others, others))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            features = model.frozen_features(inputs)
-            outputs = model.task.stage_outputs(model, features, training=True)
-            per_example, correct = model.task.objective(labels, outputs)
-            loss = ops.sum(per_example) / model.global_batch_size
-            if model.weight_decay:
-                loss = loss + optim.l2_penalty(self.trained, model.weight_decay)
+            loss, _, per_example, correct = model.stage_loss(model.frozen_features(inputs), labels)
         # BatchNorm of the trained blocks updated its moving statistics inside the scope.
         new_others = []
         for variable, value in zip(self.others, others):
@@ -84,10 +78,7 @@ class JaxStageStep:
         (_, (others, per_example, correct)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             trained, others, inputs, labels)
         trained, slots = self.optimizer.stateless_apply(slots, grads, trained)
-        sums = {"loss": ops.sum(ops.cast(per_example, "float32")),
-                "correct": ops.sum(ops.cast(correct, "float32")),
-                "count": ops.cast(ops.shape(per_example)[0], "float32")}
-        return (trained, others, slots), sums
+        return (trained, others, slots), step_sums(per_example, correct)
 
 
 def split_sharding(devices):

@@ -1,4 +1,4 @@
-"""The stage-wise trainer under Keras on JAX (issue 13): `Trainer`'s stage sequence, run directory, progress
+"""The stage-wise trainer under Keras on JAX: `Trainer`'s stage sequence, run directory, progress
 bar, logs and --resume, with what depends on the backend replaced:
 
 - the step is `jax_step.JaxStageStep`, compiled once per stage, over the stage's variables only;
@@ -26,7 +26,8 @@ from psl_keras import arrays
 from psl_keras.callbacks import RunCSVLogger
 from psl_keras.errors import PSLError
 from psl_keras.jax_step import JaxStageStep, data_parallel, split_sharding
-from psl_keras.rundir import LOG_FILE, fsync_file
+from psl_keras.atomic import atomic_path
+from psl_keras.rundir import LOG_FILE
 from psl_keras.seeds import DATA_SEED, derived_seed
 from psl_keras.training import Trainer
 
@@ -89,7 +90,7 @@ class JaxTrainer(Trainer):
             except ImportError:
                 raise PSLError(
                     f"--dataset {c.dataset}: without TensorFlow, --backend jax reads array datasets. Export the "
-                    f"split once on a machine with TensorFlow: `python -m psl_keras.arrays --dataset {c.dataset} "
+                    f"split once on a machine with TensorFlow: `python -m psl_keras.data --dataset {c.dataset} "
                     f"--split {c.split} --out data.npz`, then pass --dataset arrays:data.npz.") from None
             image_source = super()._load_training_source().in_memory()
             images, labels = image_source.arrays
@@ -227,11 +228,8 @@ class NpzCheckpointer:
         path = os.path.join(self.directory, f"ckpt-{(numbers[-1] if numbers else 0) + 1}.npz")
         values = {f"{group}/{i}": np.asarray(keras.ops.convert_to_numpy(v.value))
                   for group, variables in self.groups.items() for i, v in enumerate(variables)}
-        tmp = os.path.join(self.directory, f".tmp_{os.path.basename(path)}")
-        with open(tmp, "wb") as f:
-            np.savez(f, **values)
-            fsync_file(f)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **values)
         for number in self._numbers()[:-self.KEEP]:
             os.remove(os.path.join(self.directory, f"ckpt-{number}.npz"))
         return os.path.abspath(path)

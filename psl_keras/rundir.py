@@ -4,17 +4,17 @@
   state.json       RunState: progress, replaced atomically after each checkpoint; what --resume reads
   stage{i}_backbone.keras, stage{i}_head.keras, backbone.keras, summary.json, log.csv, tensorboard/
 
-The trainer, the evaluation code and the demo name these files through this module only.
+This module is the one owner of that format: the trainers write it through `RunDirectory`, and evaluate.py
+and the demo read it through `find_run`, `load_backbone`, `load_stages`, `run_task` and `scan_runs`.
 """
 
 import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
+from psl_keras.atomic import TEMP_PREFIX, atomic_path, write_json_atomic
 from psl_keras.errors import PSLError
-from psl_keras.faults import kill_point
 
 BACKBONE_FILE = "backbone.keras"  # the trained backbone alone: images in [0, 1] -> {"B1": ..., "B5": ...}
 SUMMARY_FILE = "summary.json"  # config, task, per-stage results
@@ -33,58 +33,10 @@ def stage_head_file(stage_index):
     return f"stage{stage_index}_head.keras"
 
 
-def write_json_atomic(path, payload):
-    """Writes JSON so that a crash leaves either the old file or the new one, never half of one."""
-    _replace_atomically(path, json.dumps(payload, indent=2, sort_keys=True), ".json", kill_at="json_write")
-
-
-def write_text_atomic(path, text):
-    """Writes a text file so that a crash leaves either the old file or the new one."""
-    _replace_atomically(path, text, ".txt")
-
-
-def _replace_atomically(path, text, suffix, kill_at=None):
-    """Writes `text` to a temporary file beside `path`, puts it on disk, then renames it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=suffix)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-        fsync_file(f)
-    if kill_at:
-        kill_point(kill_at)
-    os.replace(tmp, path)
-    _fsync_directory(directory)
-
-
-def fsync_file(f):
-    """Puts an open file's written bytes on disk (before it is renamed into place)."""
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _fsync_directory(directory):
-    """Makes a rename durable: after a power cut the directory holds the new name, not the old one."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not sync directories
-    finally:
-        os.close(fd)
-
-
 def save_keras_atomic(model, path):
-    """Saves a `.keras` file through a temporary name, so an interrupted save never replaces a good file."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp_{os.path.basename(path)}")
-    model.save(tmp)
-    with open(tmp, "rb") as f:  # on disk before the rename, so a power cut cannot leave an empty file
-        os.fsync(f.fileno())
-    kill_point("keras_write")
-    os.replace(tmp, path)
-    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    """Saves a `.keras` file so that an interrupted save never replaces a good file."""
+    with atomic_path(path, kill_at="keras_write") as tmp:
+        model.save(tmp)
 
 
 @dataclasses.dataclass
@@ -210,8 +162,8 @@ class RunDirectory:
     def prepare(self):
         if self.chief:
             os.makedirs(self.path, exist_ok=True)
-            for name in os.listdir(self.path):  # left by a process killed while writing (write_json_atomic, ...)
-                if name.startswith(".tmp_"):
+            for name in os.listdir(self.path):  # left by a process killed while writing (atomic_path)
+                if name.startswith(TEMP_PREFIX):
                     try:
                         os.remove(self.file(name))
                     except OSError:
@@ -233,3 +185,166 @@ class RunDirectory:
         """Non-chief workers remove their checkpoint copies (the chief's are the run's)."""
         if not self.chief:
             shutil.rmtree(self.file(".workers"), ignore_errors=True)
+
+
+# --- reading a run (evaluate.py, the demo) ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    name: str
+    path: str
+    backbone_path: str
+    summary: dict  # summary.json of the run ({} for a bare .keras file)
+
+
+def find_run(path, name=None):
+    """A Run for a run directory written by train.py, or for a `.keras` backbone file."""
+    path = os.path.normpath(path)
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return Run(name or os.path.splitext(os.path.basename(path))[0], path, path, {})
+    backbone_path = os.path.join(path, BACKBONE_FILE)
+    if not os.path.isdir(path) or not os.path.isfile(backbone_path):
+        raise PSLError(
+            f"--runs: {path} is not a finished psl-keras run (no {BACKBONE_FILE} in it). Pass run directories "
+            f"written by train.py (or .keras backbone files); an interrupted run finishes with train.py --resume."
+        )
+    summary = _read_json(os.path.join(path, SUMMARY_FILE)) if os.path.isfile(os.path.join(path, SUMMARY_FILE)) else {}
+    return Run(name or os.path.basename(os.path.abspath(path)), path, backbone_path, summary)
+
+
+def parse_runs(text):
+    """'runs/e2e,psl=runs/psl' -> [Run('e2e', ...), Run('psl', ...)] (NAME=PATH renames a column)."""
+    runs = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        name, _, path = item.rpartition("=")
+        runs.append(find_run(path, name or None))
+    if not runs:
+        raise PSLError("--runs is empty: give one or more run directories, comma-separated.")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise PSLError(f"--runs: two runs are both called {names}; name them with NAME=PATH.")
+    return runs
+
+
+def _load_model(path, what):
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # keras raises many types for a damaged or foreign file
+        raise PSLError(f"Cannot load {path} as a Keras model ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0][:200] if str(err) else ''}). {what}") from None
+
+
+def load_backbone(run, path=None):
+    """Loads a run's backbone (safe mode; `path`: another backbone file of the run) and checks it exposes
+    blocks B1..B5."""
+    from psl_keras.backbones import backbone_blocks
+
+    backbone = _load_model(path or run.backbone_path, "Is it a backbone.keras written by train.py, complete and "
+                                                      "not truncated?")
+    backbone_blocks(backbone)  # raises a PSLError for a model without B1..B5
+    backbone.trainable = False
+    return backbone
+
+
+@dataclasses.dataclass
+class StageHead:
+    """A trained stage head and what it belongs to (from summary.json)."""
+
+    stage: int
+    level: int
+    last_block: str  # "B3": the block whose features the head reads
+    description: str  # e.g. "rotation R2 = {0, 90, 180, 270} degrees"
+    head: object  # the keras.Model
+
+
+def load_stage_heads(run):
+    """The stage heads a run kept (`stage{i}_head.keras`, loaded in safe mode), in stage order.
+
+    [] for a run trained before heads were kept; a PSLError names a head that is listed but missing or damaged.
+    """
+    heads = []
+    for entry in sorted(run.summary.get("stages", []), key=lambda s: s["stage"]):
+        if "head_file" not in entry:
+            return []
+        path = os.path.join(run.path, entry["head_file"])
+        if not os.path.isfile(path) or not os.path.getsize(path):
+            raise PSLError(f"Run {run.name}: {path} is missing or empty, although summary.json lists it. The run's "
+                           f"backbone still serves retrieval; retrain the run to get its heads back.")
+        head = _load_model(path, f"Run {run.name}: the head file is damaged or not a Keras model.")
+        heads.append(StageHead(entry["stage"], entry["level"], entry["last_block"], entry.get("task_level", ""),
+                               head))
+    return heads
+
+
+def load_stages(run):
+    """[(StageHead, the backbone as that stage left it)] of a run; [] for a run that kept no heads."""
+    return [(head, load_backbone(run, os.path.join(run.path, stage_backbone_file(head.stage))))
+            for head in load_stage_heads(run)]
+
+
+def run_task(run):
+    """The run's pretext task, rebuilt from its summary (the same levels, pipeline and head layout)."""
+    from psl_keras.tasks import build_task, complete_options
+
+    config = run.summary.get("config")
+    if not config:
+        raise PSLError(f"Run {run.name} has no summary.json with its configuration.")
+    # A run saved before an option existed trained with that option's legacy value.
+    options = complete_options(config["task"], config.get("task_options", {}), saved=True)
+    return build_task(config["task"], config["image_size"], config.get("head_hidden", 256), options=options)
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_summary(path):
+    """summary.json of the run directory `path` (a finished run), or None while it has none."""
+    summary_path = os.path.join(path, SUMMARY_FILE)
+    return _read_json(summary_path) if os.path.isfile(summary_path) else None
+
+
+def has_started(path):
+    """Whether the run directory `path` holds a run that --resume continues."""
+    return os.path.isfile(os.path.join(path, STATE_FILE))
+
+
+def scan_runs(root):
+    """Every run directory under `root` (recursively), as (path, summary, problem) sorted by path: `summary` is
+    summary.json, or for a run still training (or stopped) its settings and finished stages from state.json;
+    `problem` says why the run cannot be used yet ("" when it can)."""
+    import zipfile
+
+    found = []
+    if not root or not os.path.isdir(root):
+        return found
+    for directory, subdirs, files in os.walk(root):
+        if not ({SUMMARY_FILE, BACKBONE_FILE, STATE_FILE} & set(files)):
+            continue
+        subdirs[:] = []  # a run's checkpoints/ and tensorboard/ are not runs
+        summary, problem, progress = {}, "", ""
+        if SUMMARY_FILE in files:
+            try:
+                summary = _read_json(os.path.join(directory, SUMMARY_FILE))
+            except (OSError, ValueError) as err:
+                problem = f"{SUMMARY_FILE} is unreadable ({err})"
+        if not summary and STATE_FILE in files:
+            try:
+                state = _read_json(os.path.join(directory, STATE_FILE))
+                summary = {"config": state.get("config") or {}, "stages": state.get("stages") or []}
+                progress = f"stage {state.get('stage')}, {state.get('epoch')} epoch(s) done"
+            except (OSError, ValueError, AttributeError):
+                progress = f"{STATE_FILE} unreadable"
+        if BACKBONE_FILE not in files:
+            problem = problem or (f"unfinished ({progress + '; ' if progress else ''}no {BACKBONE_FILE}): "
+                                  f"continue it with train.py --resume")
+        elif not zipfile.is_zipfile(os.path.join(directory, BACKBONE_FILE)):  # cheap; loading comes later
+            problem = problem or f"{BACKBONE_FILE} is damaged (not a .keras archive)"
+        elif not summary and not problem:
+            problem = f"no {SUMMARY_FILE}"
+        found.append((directory, summary, problem))
+    return sorted(found)

@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from psl_keras import optim
+from psl_keras.backbones import backbone_blocks
 from psl_keras.config import MODES
 from psl_keras.errors import PSLError
 from psl_keras.lazy import tf
@@ -89,6 +90,15 @@ def stage_plan(mode, num_levels, windows=DEFAULT_WINDOWS):
     return stages
 
 
+def step_sums(per_example, correct):
+    """What a training step reports: the batch's summed loss, correct predictions and example count."""
+    return {
+        "loss": ops.sum(ops.cast(per_example, "float32")),
+        "correct": ops.sum(ops.cast(correct, "float32")),
+        "count": ops.cast(ops.shape(per_example)[0], "float32"),
+    }
+
+
 class StageModel(keras.Model):
     """The network of one stage: shared backbone blocks plus head g_i, with a custom train_step.
 
@@ -135,6 +145,18 @@ class StageModel(keras.Model):
             variables.extend(layer.trainable_variables)
         return variables
 
+    def stage_loss(self, features, labels, replicas=1):
+        """The loss stage i minimises on a (per-replica) batch, from the window's input features: the task's
+        objective summed and divided by the global batch, plus L2 decay on the stage's kernels divided by the
+        replica count. Returns (loss, the task's outputs, per-example losses, per-example correct). What the
+        TF `train_step` and the JAX step both differentiate."""
+        outputs = self.task.stage_outputs(self, features, training=True)
+        per_example, correct = self.task.objective(labels, outputs)
+        loss = ops.sum(per_example) / self.global_batch_size
+        if self.weight_decay:
+            loss = loss + optim.l2_penalty(self.stage_variables, self.weight_decay, replicas)
+        return loss, outputs, per_example, correct
+
     def train_step(self, data):
         inputs, labels = data
         variables = self.stage_variables
@@ -142,17 +164,21 @@ class StageModel(keras.Model):
         # The frozen prefix runs outside the tape: nothing of it is recorded or kept for the backward pass.
         features = self.frozen_features(inputs)
         with tf.GradientTape() as tape:
-            outputs = self.task.stage_outputs(self, features, training=True)
-            per_example, correct = self.task.objective(labels, outputs)
-            loss = ops.sum(per_example) / self.global_batch_size
-            if self.weight_decay:
-                loss = loss + optim.l2_penalty(variables, self.weight_decay, replicas)
+            loss, outputs, per_example, correct = self.stage_loss(features, labels, replicas)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         self.task.after_step(self, outputs)
-        return {
-            "loss": ops.sum(ops.cast(per_example, "float32")),
-            "correct": ops.sum(ops.cast(correct, "float32")),
-            "count": ops.cast(ops.shape(per_example)[0], "float32"),
-        }
+        return step_sums(per_example, correct)
+
+
+def stage_logits(backbone, stage_head, task, inputs):
+    """Logits of a stage head on a batch of task inputs: the backbone up to the head's block, then the head.
+
+    The same computation as the stage model in inference mode: the blocks run one after another (they take
+    any spatial size, jigsaw tiles included), the head reads the last one.
+    """
+    x = task.backbone_images(inputs)
+    for block in backbone_blocks(backbone)[: int(stage_head.last_block[1:])]:
+        x = block(x, training=False)
+    return stage_head.head(x, training=False)

@@ -13,7 +13,7 @@ from psl_keras.evaluation import knn as knn_lib
 from psl_keras.evaluation import protocols
 from psl_keras.evaluation.linear import block_shapes, mean_average_precision, pool_geometry
 from psl_keras.evaluation.report import write_report
-from psl_keras.evaluation.runs import find_run, parse_runs
+from psl_keras.rundir import find_run, parse_runs
 
 
 def test_pooling_gives_about_9k_dims_per_block():
@@ -63,14 +63,15 @@ def test_block1_probe_learns_a_linear_label(tmp_path):
     assert result["geometry"]["B1"]["dims"] == 32 * 32 * 8  # 8 channels: all 32x32 positions fit in 9216
 
 
-def test_knn_matches_a_brute_force_reference():
+@pytest.mark.parametrize("k", [3, 20])
+def test_knn_matches_a_brute_force_reference(k):
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(300, 16))
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
     queries = rng.normal(size=(50, 16))
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     labels = rng.integers(0, 5, 300)
-    k, t = 20, 0.1
+    t = 0.1
     expected = []
     for q in queries:
         similarity = bank @ q

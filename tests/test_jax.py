@@ -1,4 +1,4 @@
-"""Keras on JAX (issue 13): the model code imports without TensorFlow, and a JAX stage step trains exactly the
+"""Keras on JAX: the model code imports without TensorFlow, and a JAX stage step trains exactly the
 stage's blocks and head, within float32 rounding of the TF step from the same weights and batch."""
 
 import os
@@ -66,7 +66,7 @@ print(keras.backend.backend(), "built")
 
 
 def test_jigsaw_puzzles_and_simclr_views_made_on_the_device_match_the_tf_pipeline(tmp_path):
-    """The on-device input paths of jigsaw and SimCLR (issue 14), run under JAX without TensorFlow, against the
+    """The on-device input paths of jigsaw and SimCLR, run under JAX without TensorFlow, against the
     TF pipeline's own functions fed the same random choices: the resize, crop, flip, tile cuts, per-tile
     normalisation and permutation of a puzzle; the crop, colour jitter, grayscale, blur and Sobel of a view."""
     from conftest import synthetic_images
@@ -301,7 +301,7 @@ print("backend", trainer.config.backend)
 
 def test_jax_backend_refuses_what_it_cannot_do(tmp_path):
     result = train_without_tf(["--dataset", "cifar10", "--output_dir", str(tmp_path / "r")], check=False)
-    assert result.returncode == 2 and "python -m psl_keras.arrays" in result.stderr
+    assert result.returncode == 2 and "python -m psl_keras.data" in result.stderr
     result = train_without_tf(["--task", "mocov2", "--output_dir", str(tmp_path / "m")], check=False)
     assert result.returncode == 2 and "no on-device input path" in result.stderr
     result = train_without_tf(["--knn_monitor", "--output_dir", str(tmp_path / "k")], check=False)

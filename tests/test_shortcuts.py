@@ -25,7 +25,7 @@ def test_the_energy_ratio_sees_orientation():
 
 
 def test_rotation_probe_finds_the_resampling_fingerprint_on_isotropic_noise():
-    # Today's bilinear resampling (issue 11): multiples of 90 and odd multiples of 45 degrees are told apart
+    # Today's bilinear resampling: multiples of 90 and odd multiples of 45 degrees are told apart
     # on noise that has no orientation at all.
     task = build_task("rotation", 32, options={"resample": "bilinear"})
     result = shortcuts.rotation_probe(task, shortcuts.noise_images(60, 32, smooth=1.0))
@@ -47,10 +47,10 @@ def test_jigsaw_edge_solver_solves_touching_tiles_and_is_at_chance_on_noise():
 
 
 def test_smooth_resampling_removes_the_rotation_fingerprint():
-    # Issue 11's target: every pair of angles at AUC <= 0.6 on content-free noise; the old bilinear fails it.
+    # The target: every pair of angles at AUC <= 0.6 on content-free noise; the old bilinear fails it.
     noise = shortcuts.noise_images(60, 32, smooth=1.0)
     before = shortcuts.rotation_probe(build_task("rotation", 32, options={"resample": "bilinear"}), noise)
-    fixed = build_task("rotation", 32)  # the default since issue 11
+    fixed = build_task("rotation", 32)  # the default
     assert fixed.resample == "smooth"
     after = shortcuts.rotation_probe(fixed, noise)
     assert before["worst_pair"] > 0.9
@@ -59,10 +59,10 @@ def test_smooth_resampling_removes_the_rotation_fingerprint():
 
 def test_gapped_jigsaw_tiles_defeat_the_edge_solver():
     # Smooth content (isotropic noise, like the low frequencies of photos): facing edges of the standard small
-    # geometry match, those of the gapped one do not. Issue 11's target: within 2x chance (12.5% of 16-way).
+    # geometry match, those of the gapped one do not. The target: within 2x chance (12.5% of 16-way).
     images = shortcuts.noise_images(48, 32, smooth=1.0)
     standard = build_task("jigsaw", 32, options={"set_sizes": "16,32,64", "geometry": "standard"})
-    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64"})  # the default since issue 11
+    gapped = build_task("jigsaw", 32, options={"set_sizes": "16,32,64"})  # the default
     assert gapped.geometry == "gapped"
     assert (gapped.tile_size, gapped.cell_size) == (standard.tile_size, 2 * standard.tile_size)
     before = shortcuts.jigsaw_edge_probe(standard, images, level=1, candidates=16)
@@ -72,12 +72,12 @@ def test_gapped_jigsaw_tiles_defeat_the_edge_solver():
 
 
 def test_runs_record_every_task_option_and_old_runs_keep_the_old_preprocessing(tmp_path):
-    # A run made before issue 11 recorded no resample option and trained with bilinear: resuming it (or
+    # A run made before these options existed recorded no resample option and trained with bilinear: resuming it (or
     # reloading it in evaluate.py and the demo) must keep bilinear, not switch to the new default mid-run.
     import pytest
     from conftest import tiny_config
     from psl_keras.errors import PSLError
-    from psl_keras.evaluation.runs import run_task
+    from psl_keras.rundir import run_task
     from psl_keras.rundir import RunDirectory, RunState
     from psl_keras.training import Trainer
 

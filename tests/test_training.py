@@ -220,6 +220,12 @@ def test_every_stage_restarts_its_schedule(tmp_path, synthetic_source):
     with open(os.path.join(config.output_dir, "log.csv")) as f:
         rates = [float(r["lr"]) for r in csv.DictReader(f)]
     assert rates == pytest.approx([0.05, 0.0, 0.05, 0.0, 0.05, 0.0], abs=1e-7)
+    # With a warm-up of one epoch (2 steps here): linear up to lr over that epoch's steps, then cosine to 0.
+    config = tiny_config(tmp_path / "warmup", mode="e2e", e2e_epochs=3, schedule="cosine", lr=0.1, warmup_epochs=1)
+    Trainer(config, source=synthetic_source, verbose=0).train()
+    with open(os.path.join(config.output_dir, "log.csv")) as f:
+        rates = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert rates == pytest.approx([0.1, 0.05, 0.0], abs=1e-7)
 
 
 def test_stage_exports_keep_frozen_blocks_bit_identical(tmp_path, synthetic_source):
@@ -270,7 +276,8 @@ def test_data_order_is_reshuffled_every_epoch_and_stage_and_repeats_with_the_see
 
 
 def test_runs_keep_their_heads_and_backbone_plus_head_reproduce_the_stage_logits(tmp_path, synthetic_source):
-    from psl_keras.evaluation.runs import find_run, load_stage_heads, run_task, stage_logits
+    from psl_keras.rundir import find_run, load_stage_heads, run_task
+    from psl_keras.stages import stage_logits
     from psl_keras.tasks import build_task
 
     live = {}

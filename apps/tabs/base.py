@@ -5,7 +5,7 @@ import gradio as gr
 import numpy as np
 
 from psl_keras.errors import PSLError
-from psl_keras.evaluation.runs import stage_logits
+from psl_keras.stages import stage_logits
 
 MAX_STAGES = 3
 

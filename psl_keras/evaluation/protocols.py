@@ -21,12 +21,13 @@ from keras import layers, ops
 
 from psl_keras import data as data_lib
 from psl_keras import loop, optim
-from psl_keras.backbones import BLOCK_NAMES
+from psl_keras.atomic import write_json_atomic
+from psl_keras.backbones import BLOCK_NAMES, backbone_image_size
 from psl_keras.errors import PSLError
 from psl_keras.evaluation import knn as knn_lib
 from psl_keras.evaluation.linear import AllBlocksProbe, mean_average_precision, top_k_correct
 from psl_keras.evaluation.preprocessing import center_view, train_view
-from psl_keras.evaluation.runs import check_resolution, load_backbone
+from psl_keras.rundir import load_backbone
 from psl_keras.seeds import PROBE_DATA_SEED, PROBE_HEAD_SEED, derived_seed
 
 
@@ -62,6 +63,26 @@ class EvalConfig:
 # fine-tuning the whole network on few labels: 0.1.
 LINEAR_LR, SEMI_LR = 0.01, 0.1
 
+
+
+def check_resolution(backbone, source, run_name):
+    """Refuses a backbone evaluated on images of a very different size from the ones it was built for."""
+    size = backbone_image_size(backbone)
+    shape = source.image_shape
+    small_backbone = size <= 64
+    if shape is not None:
+        side = min(shape[:2])
+        mismatch = side > 2 * size or side < size / 2
+    else:
+        mismatch = small_backbone  # variable-size (ImageNet-like) photos on a 32-px network
+    if mismatch:
+        data_desc = f"{shape[0]}x{shape[1]}" if shape else "variable-size (large)"
+        raise PSLError(
+            f"Run {run_name}: its backbone takes {size}x{size} images but {source.name} has {data_desc} "
+            f"images. Evaluate it on data of its own resolution (e.g. cifar10 for a 32-px backbone), or "
+            f"train a backbone for this data."
+        )
+    return size
 
 def load_sources(config, dataset=None):
     name = dataset or config.dataset
@@ -138,10 +159,7 @@ class EpochState:
                 raise PSLError(f"{self.directory} holds the training state of another evaluation (it differs in "
                                f"{', '.join(changed)}). Give another --resume_dir, or delete that folder.")
         else:
-            os.makedirs(self.directory, exist_ok=True)
-            with open(path + ".tmp", "w") as f:
-                json.dump(self.settings, f, indent=1)
-            os.replace(path + ".tmp", path)
+            write_json_atomic(path, self.settings, kill_at=None)
         if not self.manager.latest_checkpoint:
             return 0
         self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()

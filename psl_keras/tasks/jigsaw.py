@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from psl_keras.atomic import atomic_path
 from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative_int
 from psl_keras.tasks.base import Task
@@ -94,10 +95,8 @@ def permutation_set(size, seed=0, directory=None):
         except (OSError, ValueError):
             pass  # a damaged cache file is regenerated below
     permutations = maximal_hamming_permutations(size, seed)
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, permutations)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, permutations)
     return permutations
 
 
@@ -147,7 +146,7 @@ class JigsawTask(Task):
         "tile_grayscale": (0.0, "Probability of turning a tile grey.", fraction()),
         "tile_embedding": (0, "Per-tile embedding width in the head (0: head_hidden).", non_negative_int()),
         "geometry": ("gapped", "gapped: at <=64 px tiles of the same size in cells twice as large, so neighbours "
-                               "are ~5 source pixels apart (issue 11); standard: the runs published before it.",
+                               "are ~5 source pixels apart; standard: the geometry of runs made before gapped tiles.",
                      GEOMETRIES),
     }
     LEGACY_OPTIONS = {"geometry": "standard"}
