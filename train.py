@@ -111,7 +111,7 @@ def main(argv):
             raise PSLError(f"--backend {config.backend}, but Keras was loaded on {keras.backend.backend()} "
                            f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND', '')!r}); give one of them only.")
         if config.backend == "jax":  # no TensorFlow needed
-            from psl_keras.jax_training import JaxTrainer
+            from psl_keras.training import JaxTrainer
 
             summary = JaxTrainer(config, resume=FLAGS.resume).train()
         else:

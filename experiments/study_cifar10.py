@@ -217,7 +217,7 @@ def train(spec, args):
           + (" --resume" if resume else ""), flush=True)
     keras.backend.clear_session()
     if settings.get("backend") == "jax":
-        from psl_keras.jax_training import JaxTrainer as trainer_class
+        from psl_keras.training import JaxTrainer as trainer_class
     else:
         trainer_class = Trainer
     trainer_class(resolve_config("cifar10_small", settings), resume=resume, verbose=args.verbose).train()

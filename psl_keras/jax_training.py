@@ -1,5 +1,5 @@
-"""The stage-wise trainer under Keras on JAX: `Trainer`'s stage sequence, run directory, progress
-bar, logs and --resume, with what depends on the backend replaced:
+"""Training under Keras on JAX: `JaxRuntime`, the runtime `psl_keras.training.Trainer` uses for
+`backend="jax"` (the stage sequence, run directory, progress bar, logs and --resume are `Trainer`'s, written once):
 
 - the step is `jax_step.JaxStageStep`, compiled once per stage, over the stage's variables only;
 - the data is a split held in device memory (an array dataset, `--dataset arrays:FILE`, or a TFDS split /
@@ -15,21 +15,19 @@ files: evaluate.py (TensorFlow) and the demo load them.
 """
 
 import contextlib
-import dataclasses
 import os
 
 import jax
 import keras
 import numpy as np
 
-from psl_keras import arrays
+from psl_keras import arrays, optim
+from psl_keras.atomic import atomic_path
 from psl_keras.callbacks import RunCSVLogger
 from psl_keras.errors import PSLError
 from psl_keras.jax_step import JaxStageStep, data_parallel, split_sharding
-from psl_keras.atomic import atomic_path
 from psl_keras.rundir import LOG_FILE
 from psl_keras.seeds import DATA_SEED, derived_seed
-from psl_keras.training import Trainer
 
 # TrainConfig settings that only the TensorFlow trainer has: refused rather than silently ignored.
 TF_ONLY = {"knn_monitor": "the kNN monitor runs on TensorFlow; evaluate the stage backbones with evaluate.py",
@@ -38,134 +36,121 @@ TF_ONLY = {"knn_monitor": "the kNN monitor runs on TensorFlow; evaluate the stag
            "deterministic": "XLA's CPU and GPU steps are already repeatable run to run here"}
 
 
-class JaxTrainer(Trainer):
-    """Trains a backbone with PSL (or an ablation) under `KERAS_BACKEND=jax`; writes the same run directory.
+class JaxRuntime:
+    """What training needs from JAX: the process's local devices, the split in device memory, the compiled step."""
 
-    Usage: `JaxTrainer(config).train()` (train.py --backend jax)."""
-
-    # --- devices and set-up ----------------------------------------------------------------------------
-    def _own_backend(self, config):
-        # TrainConfig's backend defaults to tensorflow; choosing this class is choosing JAX, and the run
-        # must record it (train.py passes backend="jax" already).
-        return dataclasses.replace(config, backend="jax")
-
-    def _set_up_devices(self, strategy):
+    def __init__(self, strategy=None):
         if strategy is not None:
-            raise PSLError("JaxTrainer takes no tf.distribute strategy: it uses the process's local JAX devices.")
+            raise PSLError("The JAX runtime takes no tf.distribute strategy: it uses the process's local JAX "
+                           "devices.")
         if keras.backend.backend() != "jax":
             raise PSLError(f"--backend jax needs Keras on JAX, but Keras runs on {keras.backend.backend()}: set "
                            f"KERAS_BACKEND=jax before Keras is imported (train.py --backend jax does).")
-        self.strategy = None
         self.devices = jax.local_devices()
         self.replicas = len(self.devices)
         self.chief, self.worker = True, 0
         self.saves_inside_epochs = True
+        self.stage_state = None
+        self._compiled_schedule = (None, None)
+        self._examples = jax.jit(self._make_examples, static_argnums=(0, 3))
 
-    def _validate(self):
-        c = self.config
-        if c.strategy != "default":
-            raise PSLError(f"--strategy={c.strategy} is a tf.distribute strategy; --backend jax uses every local "
-                           f"device of its process ({self.replicas} here). Leave --strategy at default.")
+    def validate(self, config, task):
+        if config.strategy != "default":
+            raise PSLError(f"--strategy={config.strategy} is a tf.distribute strategy; --backend jax uses every "
+                           f"local device of its process ({self.replicas} here). Leave --strategy at default.")
         for name, why in TF_ONLY.items():
-            if getattr(c, name):
+            if getattr(config, name):
                 raise PSLError(f"--{name} is not available with --backend jax: {why}.")
-        super()._validate()
-        if not self.task.has_array_pipeline():
-            raise PSLError(f"--task {c.task} has no on-device input path for --backend jax yet (rotation, jigsaw "
-                           f"and simclr have); train it with --backend tensorflow.")
+        if not task.has_array_pipeline():
+            raise PSLError(f"--task {config.task} has no on-device input path for --backend jax yet (rotation, "
+                           f"jigsaw and simclr have); train it with --backend tensorflow.")
 
-    def _scope(self):
+    def scope(self):
         return contextlib.nullcontext()
 
-    def _set_up_runtime(self):
+    def set_up(self, config):
         pass  # seeds are set by Trainer._build; XLA needs nothing else
 
-    def _load_training_source(self):
-        c = self.config
-        if c.dataset.startswith(arrays.PREFIX):
-            source = arrays.ArraySource.from_file(c.dataset[len(arrays.PREFIX):])
-        else:
-            try:
-                import tensorflow  # noqa: F401  (reading TFDS or a folder needs it)
-            except ImportError:
-                raise PSLError(
-                    f"--dataset {c.dataset}: without TensorFlow, --backend jax reads array datasets. Export the "
-                    f"split once on a machine with TensorFlow: `python -m psl_keras.data --dataset {c.dataset} "
-                    f"--split {c.split} --out data.npz`, then pass --dataset arrays:data.npz.") from None
-            image_source = super()._load_training_source().in_memory()
+    def load_source(self, config, verbose=False):
+        if config.dataset.startswith(arrays.PREFIX):
+            return arrays.ArraySource.from_file(config.dataset[len(arrays.PREFIX):])
+        try:
+            import tensorflow  # noqa: F401  (reading TFDS or a folder needs it)
+        except ImportError:
+            raise PSLError(
+                f"--dataset {config.dataset}: without TensorFlow, --backend jax reads array datasets. Export the "
+                f"split once on a machine with TensorFlow: `python -m psl_keras.data --dataset {config.dataset} "
+                f"--split {config.split} --out data.npz`, then pass --dataset arrays:data.npz.") from None
+        from psl_keras import data as data_lib
+
+        return data_lib.load_images(config.dataset, config.data_dir or None, config.split, config.on_bad_image,
+                                    min_side=config.image_size, verbose=verbose, download=config.download)
+
+    def place_source(self, source, config):
+        """The split as arrays, its images in device memory (batches are gathered there)."""
+        if not isinstance(source, arrays.ArraySource):
+            image_source = source.in_memory()
             images, labels = image_source.arrays
             if images.ndim != 4:
-                raise PSLError(f"{c.dataset}: --backend jax needs images of one size; resize them first.")
-            source = arrays.ArraySource(images, labels, image_source.name, c.split, image_source.num_classes,
+                raise PSLError(f"{config.dataset}: --backend jax needs images of one size; resize them first.")
+            source = arrays.ArraySource(images, labels, image_source.name, config.split, image_source.num_classes,
                                         image_source.class_names)
         height, width = source.image_shape[:2]
-        if (height, width) != (c.image_size, c.image_size):
+        if (height, width) != (config.image_size, config.image_size):
             raise PSLError(f"{source.name} images are {height}x{width}; --backend jax augments on the device at "
                            f"their own size, so --image_size must be {height} (or export resized images).")
-        # The whole split lives in device memory; batches are gathered there.
         self.device_images = jax.device_put(source.images, self.devices[0])
         return source
 
-    # --- the stage's step ------------------------------------------------------------------------------
-    def _stage_model(self, stage, steps_per_epoch, epochs):
-        model = super()._stage_model(stage, steps_per_epoch, epochs)
+    def start_stage(self, model):
         self.stage_state = _StageState(JaxStageStep(model, model.optimizer), self.devices)
-        return model
 
-    def _step_function(self, model):
+    def step_function(self, model, config):
         return self.stage_state
 
-    def _learning_rate(self, model):
+    def epoch_batches(self, source, task, config, stage, epoch, skip_steps=0):
+        order = np.random.default_rng(derived_seed(config.seed, DATA_SEED, stage.index, epoch)).permutation(
+            source.num_examples)
+        for step in range(skip_steps, len(order) // config.batch_size):
+            ids = order[step * config.batch_size:(step + 1) * config.batch_size]
+            # One generator per batch: a resumed epoch draws what the unbroken one drew for the same step.
+            rng = np.random.default_rng([config.seed, DATA_SEED, stage.index, epoch, step])
+            yield self._examples(task, ids, task.draw_array_params(rng, len(ids), stage.level), stage.level)
+
+    def _make_examples(self, task, ids, params, level):
+        return task.array_examples(jax.numpy.take(self.device_images, ids, axis=0), params, level)
+
+    def learning_rate(self, model):
         self.stage_state.sync_iterations()
         schedule = getattr(model.optimizer, "_learning_rate", None)
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            return super()._learning_rate(model)
+            return optim.current_learning_rate(model.optimizer)
         # Keras evaluates a schedule eagerly, and under JAX a warm-up cosine traces its branches again on every
         # call: 160 ms a step here (SimCLR's schedule), which made a SimCLR step on the H100 several times
         # slower than its compiled step. The schedule compiled once per stage gives the same value in microseconds.
-        if getattr(self, "_compiled_schedule", (None, None))[0] is not schedule:
+        if self._compiled_schedule[0] is not schedule:
             self._compiled_schedule = (schedule, jax.jit(schedule))
         return float(self._compiled_schedule[1](model.optimizer.iterations.value))
 
-    def _sync_weights(self, model):
+    def sync_weights(self, model):
         self.stage_state.write_back()
 
-    def _checkpointer(self, model):
-        return NpzCheckpointer(self.run_dir.checkpoint_dir, self.stage_state,
-                               {"backbone": self.backbone.weights, "head": model.head.weights,
+    def checkpointer(self, directory, backbone, model):
+        return NpzCheckpointer(directory, self.stage_state,
+                               {"backbone": backbone.weights, "head": model.head.weights,
                                 "optimizer": model.optimizer.variables})
 
-    def _restore_backbone(self, state):
-        NpzCheckpointer.load(state.checkpoint, {"backbone": self.backbone.weights})
+    def restore_backbone(self, backbone, path):
+        NpzCheckpointer.load(path, {"backbone": backbone.weights})
 
-    # --- data ------------------------------------------------------------------------------------------
-    def _epoch_batches(self, stage, epoch, skip_steps=0):
-        c = self.config
-        if not hasattr(self, "_augment"):
-            self._augment = jax.jit(self._make_examples, static_argnums=(2,))
-        order = np.random.default_rng(derived_seed(c.seed, DATA_SEED, stage.index, epoch)).permutation(
-            self.source.num_examples)
-        steps = len(order) // c.batch_size
-        for step in range(skip_steps, steps):
-            ids = order[step * c.batch_size:(step + 1) * c.batch_size]
-            # One generator per batch: a resumed epoch draws what the unbroken one drew for the same step.
-            rng = np.random.default_rng([c.seed, DATA_SEED, stage.index, epoch, step])
-            params = self.task.draw_array_params(rng, len(ids), stage.level)
-            yield self._augment(ids, params, stage.level)
+    def logging_callbacks(self, run_dir):
+        return [RunCSVLogger(run_dir.file(LOG_FILE))]  # Keras' TensorBoard callback writes through tf.summary
 
-    def _make_examples(self, ids, params, level):
-        images = jax.numpy.take(self.device_images, ids, axis=0)
-        return self.task.array_examples(images, params, level)
-
-    # --- logs and summary ------------------------------------------------------------------------------
-    def _logging_callbacks(self):
-        return [RunCSVLogger(self.run_dir.file(LOG_FILE))]  # Keras' TensorBoard callback writes through tf.summary
-
-    def _strategy_summary(self):
+    def summary(self, config):
         return {"name": "jax", "replicas": self.replicas,
                 "devices": [f"{d.platform}:{d.id}" for d in self.devices]}
 
-    def _machine(self):
+    def machine(self):
         import platform
 
         accelerators = [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip() for d in self.devices

@@ -5,8 +5,9 @@ dataset per epoch, a `tf.function` that calls `strategy.run(stage_model.train_st
 logging, `keras.utils.Progbar` and a `keras.callbacks.CallbackList` (CSV, TensorBoard, user callbacks).
 
 The run directory and its progress state are `psl_keras.rundir.RunDirectory` and `RunState`. What depends on
-the Keras backend (devices, checkpoints, the step, the input pipeline) sits in one section of `Trainer`;
-`psl_keras.jax_training.JaxTrainer` overrides it to train the same stage sequence under Keras on JAX.
+the Keras backend (devices, where the data lives, the step, checkpoints) is a runtime object: `TensorFlowRuntime`
+here, `psl_keras.jax_training.JaxRuntime` for Keras on JAX (`config.backend` picks); everything else, the stage
+sequence, resume, progress bar, NaN stop and kill points, is written once in `Trainer`.
 """
 
 
@@ -80,28 +81,19 @@ class Trainer:
                  knn_source=None):
         """`source` / `knn_source` (`data.ImageSource`s) replace loading config.dataset's training split and
         the kNN monitor's held-out split, e.g. for synthetic data."""
-        config = self._own_backend(config)
         self.config = config
         self._given_source = source
         self._given_knn_source = knn_source
         self.extra_callbacks = list(callbacks)
         self.resume = resume
-        self._set_up_devices(strategy)
+        self.runtime = runtime = make_runtime(config.backend, strategy)
+        self.replicas, self.chief, self.worker = runtime.replicas, runtime.chief, runtime.worker
         self.verbose = verbose if self.chief else 0
         self.run_dir = RunDirectory(config.output_dir, self.chief, self.worker)
         self.config = config = dataclasses.replace(config, task_options=self._task_options(config))
         self._validate()
 
     # --- set-up ---------------------------------------------------------------------------------------
-    def _own_backend(self, config):
-        """The trainer class is the backend: a run records the one it trained with, so a resume with the
-        other is refused as a changed setting."""
-        if config.backend != "tensorflow":
-            raise PSLError(f"TrainConfig(backend={config.backend!r}) is trained by "
-                           f"psl_keras.jax_training.JaxTrainer (train.py --backend jax); Trainer trains with "
-                           f"TensorFlow.")
-        return config
-
     def _task_options(self, c):
         """Every task option, recorded in the run's config so a later change of a default never changes
         the run. Resuming, the saved run's values fill in the options not given again (a run saved before
@@ -125,12 +117,13 @@ class Trainer:
         self.task = build_task(c.task, c.image_size, c.head_hidden, c.sync_bn, c.task_options)
         self.plan = stages.stage_plan(c.mode, self.task.num_levels, stages.parse_windows(c.stage_windows))
         self.epochs = dict(zip((s.index for s in self.plan), stage_epochs(c)))
+        self.runtime.validate(c, self.task)
 
     def _build(self):
         c = self.config
         keras.utils.set_random_seed(c.seed)
-        self._set_up_runtime()
-        self.source = self._given_source or self._load_training_source()
+        self.runtime.set_up(c)
+        self.source = self.runtime.place_source(self._given_source or self._load_training_source(), c)
         if self.source.image_shape is not None and min(self.source.image_shape[:2]) < c.image_size / 2:
             raise PSLError(
                 f"{self.source.name} images are {self.source.image_shape[0]}x{self.source.image_shape[1]}, "
@@ -138,87 +131,13 @@ class Trainer:
                 f"--image_size."
             )
         stem = None if c.stem == "auto" else c.stem
-        with self._scope():
+        with self.runtime.scope():
             self.backbone = build_backbone(c.backbone, c.image_size, stem=stem, width=c.width, sync_bn=c.sync_bn)
         self.blocks = backbone_blocks(self.backbone)
 
-    # --- what depends on the backend (TensorFlow here; JaxTrainer overrides) --------------------------------
-    def _set_up_devices(self, strategy):
-        self.strategy = strategy or tf.distribute.get_strategy()
-        self.replicas = self.strategy.num_replicas_in_sync
-        self.chief = distribute.is_chief(self.strategy)
-        self.worker = distribute.worker_id(self.strategy)
-        # Interrupted in multi-worker training, workers cannot agree on a save: only regular checkpoints count.
-        self.saves_inside_epochs = not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-    def _scope(self):
-        """Where variables are created (replicated by the strategy)."""
-        return self.strategy.scope()
-
-    def _set_up_runtime(self):
-        c = self.config
-        if c.deterministic:
-            missing = {k: v for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
-            if missing:
-                raise PSLError("--deterministic needs oneDNN off and one CPU thread per pool, which only take "
-                               "effect before TensorFlow is imported: set "
-                               f"{' '.join(f'{k}={v}' for k, v in DETERMINISTIC_ENV.items())} in the environment "
-                               "(train.py does it itself when --deterministic is on its command line).")
-            # Process-wide and one-way in TensorFlow: every later op in this process is deterministic too.
-            tf.config.experimental.enable_op_determinism()
-        if c.mixed_precision:
-            # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
-            policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
-            keras.mixed_precision.set_dtype_policy(policy)
-
     def _load_training_source(self):
         c = self.config
-        return data_lib.load_images(c.dataset, c.data_dir or None, c.split, c.on_bad_image, min_side=c.image_size,
-                                    verbose=self.verbose > 0, download=c.download)
-
-    def _checkpointer(self, model):
-        """Saves and restores the stage's training state (backbone, head, optimizer, task state)."""
-        extra = {"task_state": model.task_state} if model.task_state is not None else {}
-        return TFCheckpointer(self.run_dir.checkpoint_dir, backbone=self.backbone, head=model.head,
-                              optimizer=model.optimizer, **extra)
-
-    def _restore_backbone(self, state):
-        checkpoint = tf.train.Checkpoint(backbone=self.backbone)
-        try:
-            checkpoint.restore(state.checkpoint).expect_partial()
-        except (tf.errors.NotFoundError, ValueError) as err:
-            raise PSLError(
-                f"--resume: cannot restore {state.checkpoint} ({err}). The checkpoint is missing or was "
-                f"written by another configuration; start a new --output_dir."
-            ) from None
-
-    def _step_function(self, model):
-        """batch -> dict of global sums (loss, correct, count) after one optimizer step of the stage."""
-        return loop.distributed_step(self.strategy, model.train_step, self.config.jit_compile)
-
-    def _epoch_batches(self, stage, epoch, skip_steps=0):
-        """The batches of one epoch of a stage, from step `skip_steps` on (the same ones an unbroken run sees)."""
-        return iter(self._distributed_dataset(stage, epoch, skip_steps))
-
-    def _learning_rate(self, model):
-        return optim.current_learning_rate(model.optimizer)
-
-    def _sync_weights(self, model):
-        """Makes the Keras variables hold the stage's current weights (before they are saved)."""
-
-    def _logging_callbacks(self):
-        return [RunCSVLogger(self.run_dir.file(LOG_FILE)),
-                keras.callbacks.TensorBoard(self.run_dir.file(TENSORBOARD_DIR), write_graph=False,
-                                            update_freq="epoch")]
-
-    def _strategy_summary(self):
-        return {"name": self.config.strategy, "replicas": int(self.replicas)}
-
-    def _machine(self):
-        """Where the run was made (results tables say on which machine and backend each number was made)."""
-        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-        return {"host": platform.node(), "cpu_cores": os.cpu_count(), "accelerators": gpus,
-                "backend": "tensorflow", "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+        return self.runtime.load_source(c, verbose=self.verbose > 0)
 
     # --- files ----------------------------------------------------------------------------------------
     def _knn_monitor(self):
@@ -241,7 +160,7 @@ class Trainer:
         if self.chief and self.config.knn_monitor:
             callbacks.insert(0, self._knn_monitor())
         if self.chief:
-            callbacks += self._logging_callbacks()
+            callbacks += self.runtime.logging_callbacks(self.run_dir)
         return keras.callbacks.CallbackList(callbacks, model=stage_model)
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -249,7 +168,7 @@ class Trainer:
         c = self.config
         # Each head starts from its own seed, so a resumed run builds the same heads as an unbroken one.
         keras.utils.set_random_seed(derived_seed(c.seed, HEAD_SEED, stage.index))
-        with self._scope():
+        with self.runtime.scope():
             head = self.task.build_head(
                 stage.level, self.blocks[stage.last_block - 1].output.shape[-1], name=f"g{stage.index}"
             )
@@ -267,18 +186,12 @@ class Trainer:
             optimizer = optim.build_optimizer(c.optimizer, schedule, c.momentum, c.nesterov)
             model.compile(optimizer=optimizer)  # wraps a LossScaleOptimizer under mixed_float16
             model.optimizer.build(model.stage_variables)
+        self.runtime.start_stage(model)
         return model
 
-    def _distributed_dataset(self, stage, epoch, skip_steps=0):
-        preprocess = lambda image, _label, seed: self.task.preprocess(image, seed, stage.level)  # noqa: E731
-        seed = derived_seed(self.config.seed, DATA_SEED, stage.index, epoch)
-        return loop.distributed_dataset(
-            self.strategy,
-            lambda ctx: data_lib.training_pipeline(
-                self.source, preprocess, self.config.batch_size, seed, ctx, self.config.shuffle_buffer, skip_steps,
-                batch_transform=self.task.batch_transform(stage.level),
-            ),
-        )
+    def _epoch_batches(self, stage, epoch, skip_steps=0):
+        """The batches of one epoch of a stage, from step `skip_steps` on (the same ones an unbroken run sees)."""
+        return self.runtime.epoch_batches(self.source, self.task, self.config, stage, epoch, skip_steps)
 
     def train(self):
         c = self.config
@@ -293,14 +206,14 @@ class Trainer:
 
         if state.checkpoint:
             # Backbone weights from the last checkpoint; the head and optimizer too if the stage is unfinished.
-            self._restore_backbone(state)
+            self.runtime.restore_backbone(self.backbone, state.checkpoint)
 
         for stage in self.plan:
             epochs = self.epochs[stage.index]
             if stage.index < state.stage:
                 continue
             model = self._stage_model(stage, steps_per_epoch, epochs)
-            checkpoint = self._checkpointer(model)
+            checkpoint = self.runtime.checkpointer(self.run_dir.checkpoint_dir, self.backbone, model)
             if stage.index == state.stage and state.epoch >= epochs:
                 # Trained, but the process may have died before the stage's result or files were written.
                 checkpoint.restore(state.checkpoint)
@@ -338,7 +251,7 @@ class Trainer:
         on --resume by writing the files again from the stage's last checkpoint."""
         state.finish_stage(result)
         self.run_dir.write_state(state)
-        self._sync_weights(model)
+        self.runtime.sync_weights(model)
         self.run_dir.save_model(self.backbone, stage_backbone_file(stage.index))
         self.run_dir.save_model(model.head, stage_head_file(stage.index))
 
@@ -354,7 +267,7 @@ class Trainer:
         Returns the logs as the callbacks left them ({} when nothing was pending)."""
         if not state.epoch_end_pending:
             return {}
-        self._sync_weights(model)
+        self.runtime.sync_weights(model)
         logs = dict(state.epoch_logs or {})
         callbacks = self._callbacks(model)
         callbacks.on_train_begin()
@@ -370,7 +283,7 @@ class Trainer:
         Interrupted in multi-worker training, workers cannot agree on a save, so there only the regular
         checkpoints count.
         """
-        if step and not self.saves_inside_epochs:
+        if step and not self.runtime.saves_inside_epochs:
             return
         path = checkpoint.save()
         kill_point("checkpoint_written")
@@ -402,7 +315,7 @@ class Trainer:
                 f"again; --checkpoint_every_steps saves points inside an epoch.")
 
     def _train_stage(self, stage, model, checkpoint, state, first_epoch, epochs, steps_per_epoch, global_epoch):
-        step = self._step_function(model)
+        step = self.runtime.step_function(model, self.config)
         self._steps_since_save = 0  # finite steps run from the weights of the last checkpoint (or the start)
         callbacks = self._callbacks(model)
         callbacks.on_train_begin()
@@ -431,7 +344,7 @@ class Trainer:
                     [
                         ("loss", totals["loss"] / totals["count"]),
                         ("accuracy", totals["correct"] / totals["count"]),
-                        ("lr", self._learning_rate(model)),
+                        ("lr", self.runtime.learning_rate(model)),
                     ],
                 )
                 every = self.config.checkpoint_every_steps
@@ -450,7 +363,7 @@ class Trainer:
                 "level": stage.level,
                 "loss": totals["loss"] / max(totals["count"], 1),
                 "accuracy": totals["correct"] / max(totals["count"], 1),
-                "lr": self._learning_rate(model),
+                "lr": self.runtime.learning_rate(model),
             }
             self._save_progress(checkpoint, state, stage, epoch + 1, 0, None, logs)
             callbacks.on_epoch_end(global_epoch, logs)
@@ -491,11 +404,129 @@ class Trainer:
             "dataset": {"name": self.source.name, "split": c.split, "num_examples": self.source.num_examples,
                         "unreadable": dict(self.source.unreadable)},
             "backbone": {"file": BACKBONE_FILE, "name": c.backbone, "parameters": int(self.backbone.count_params())},
-            "strategy": self._strategy_summary(),
-            "machine": self._machine(),
+            "strategy": self.runtime.summary(c),
+            "machine": self.runtime.machine(),
             "stages": sorted(state.stages, key=lambda s: s["stage"]),
             "wall_time_s": wall_time,
         }
+
+
+
+class JaxTrainer(Trainer):
+    """`Trainer` with the JAX runtime whatever `config.backend` says (the run records backend "jax", so a resume
+    with TensorFlow is refused as a changed setting). `JaxTrainer(config).train()`."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(dataclasses.replace(config, backend="jax"), *args, **kwargs)
+
+def make_runtime(backend, strategy=None):
+    """The runtime of a Keras backend: "tensorflow" (tf.distribute `strategy`, default the current one) or
+    "jax" (the process's local devices; no strategy)."""
+    if backend == "jax":
+        from psl_keras.jax_training import JaxRuntime  # imports no TensorFlow
+
+        return JaxRuntime(strategy)
+    if backend != "tensorflow":
+        raise PSLError(f"Unknown backend {backend!r}: tensorflow or jax (--backend).")
+    return TensorFlowRuntime(strategy)
+
+
+class TensorFlowRuntime:
+    """What training needs from TensorFlow: a tf.distribute strategy over the devices, tf.data input pipelines
+    made per (stage, epoch), the stage's `train_step` in a `tf.function` under `strategy.run`, tf.train
+    checkpoints."""
+
+    def __init__(self, strategy=None):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.chief = distribute.is_chief(self.strategy)
+        self.worker = distribute.worker_id(self.strategy)
+        # Interrupted in multi-worker training, workers cannot agree on a save: only regular checkpoints count.
+        self.saves_inside_epochs = not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def validate(self, config, task):
+        """Refuses settings this runtime cannot train (a PSLError naming the flag)."""
+
+    def scope(self):
+        """Where variables are created (replicated by the strategy)."""
+        return self.strategy.scope()
+
+    def set_up(self, config):
+        if config.deterministic:
+            missing = {k: v for k, v in DETERMINISTIC_ENV.items() if os.environ.get(k) != v}
+            if missing:
+                raise PSLError("--deterministic needs oneDNN off and one CPU thread per pool, which only take "
+                               "effect before TensorFlow is imported: set "
+                               f"{' '.join(f'{k}={v}' for k, v in DETERMINISTIC_ENV.items())} in the environment "
+                               "(train.py does it itself when --deterministic is on its command line).")
+            # Process-wide and one-way in TensorFlow: every later op in this process is deterministic too.
+            tf.config.experimental.enable_op_determinism()
+        if config.mixed_precision:
+            # float16 needs a GPU to pay off; bfloat16 is what CPUs (and TPUs) accelerate.
+            policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+            keras.mixed_precision.set_dtype_policy(policy)
+
+    def load_source(self, config, verbose=False):
+        return data_lib.load_images(config.dataset, config.data_dir or None, config.split, config.on_bad_image,
+                                    min_side=config.image_size, verbose=verbose, download=config.download)
+
+    def place_source(self, source, config):
+        """The training source where this runtime reads it (tf.data streams it from where it is)."""
+        return source
+
+    def start_stage(self, model):
+        """Called once a stage's model and optimizer are built."""
+
+    def step_function(self, model, config):
+        """batch -> dict of global sums (loss, correct, count) after one optimizer step of the stage."""
+        return loop.distributed_step(self.strategy, model.train_step, config.jit_compile)
+
+    def epoch_batches(self, source, task, config, stage, epoch, skip_steps=0):
+        preprocess = lambda image, _label, seed: task.preprocess(image, seed, stage.level)  # noqa: E731
+        seed = derived_seed(config.seed, DATA_SEED, stage.index, epoch)
+        return iter(loop.distributed_dataset(
+            self.strategy,
+            lambda ctx: data_lib.training_pipeline(
+                source, preprocess, config.batch_size, seed, ctx, config.shuffle_buffer, skip_steps,
+                batch_transform=task.batch_transform(stage.level),
+            ),
+        ))
+
+    def learning_rate(self, model):
+        return optim.current_learning_rate(model.optimizer)
+
+    def sync_weights(self, model):
+        """Makes the Keras variables hold the stage's current weights (before they are saved)."""
+
+    def checkpointer(self, directory, backbone, model):
+        """Saves and restores the stage's training state (backbone, head, optimizer, task state)."""
+        extra = {"task_state": model.task_state} if model.task_state is not None else {}
+        return TFCheckpointer(directory, backbone=backbone, head=model.head,
+                              optimizer=model.optimizer, **extra)
+
+    def restore_backbone(self, backbone, path):
+        checkpoint = tf.train.Checkpoint(backbone=backbone)
+        try:
+            checkpoint.restore(path).expect_partial()
+        except (tf.errors.NotFoundError, ValueError) as err:
+            raise PSLError(
+                f"--resume: cannot restore {path} ({err}). The checkpoint is missing or was "
+                f"written by another configuration; start a new --output_dir."
+            ) from None
+
+    def logging_callbacks(self, run_dir):
+        return [RunCSVLogger(run_dir.file(LOG_FILE)),
+                keras.callbacks.TensorBoard(run_dir.file(TENSORBOARD_DIR), write_graph=False, update_freq="epoch")]
+
+    def summary(self, config):
+        """summary.json's "strategy" entry."""
+        return {"name": config.strategy, "replicas": int(self.replicas)}
+
+    def machine(self):
+        """Where the run was made (results tables say on which machine and backend each number was made)."""
+        gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+        return {"host": platform.node(), "cpu_cores": os.cpu_count(), "accelerators": gpus,
+                "backend": "tensorflow", "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
 
 
 class TFCheckpointer:

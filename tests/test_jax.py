@@ -292,7 +292,7 @@ def test_a_jax_trainer_built_in_python_records_the_jax_backend(tmp_path):
 import sys
 sys.modules["tensorflow"] = None
 from psl_keras.config import TrainConfig
-from psl_keras.jax_training import JaxTrainer
+from psl_keras.training import JaxTrainer
 trainer = JaxTrainer(TrainConfig(output_dir={str(tmp_path / "run")!r}), verbose=0)
 print("backend", trainer.config.backend)
 """, "jax")
@@ -316,9 +316,9 @@ def test_the_jax_trainer_reads_a_warmup_schedule_compiled_once(tmp_path):
 import types, keras
 from psl_keras import optim
 from psl_keras.config import TrainConfig
-from psl_keras.jax_training import JaxTrainer
+from psl_keras.training import JaxTrainer
 trainer = JaxTrainer(TrainConfig(output_dir={str(tmp_path / "run")!r}), verbose=0)
-trainer.stage_state = types.SimpleNamespace(sync_iterations=lambda: None)
+trainer.runtime.stage_state = types.SimpleNamespace(sync_iterations=lambda: None)
 schedule = optim.learning_rate_schedule("cosine", 0.6, 666, warmup_steps=74)
 optimizer = optim.build_optimizer("lars", schedule)
 optimizer.build([keras.Variable(keras.ops.ones((3, 3)))])
@@ -326,8 +326,8 @@ model = types.SimpleNamespace(optimizer=optimizer)
 worst = 0.0
 for step in (0, 1, 37, 74, 75, 300, 665, 700):
     optimizer.iterations.assign(step)
-    worst = max(worst, abs(trainer._learning_rate(model) - float(schedule(step))))
-print("result", worst, trainer._compiled_schedule[1]._cache_size())
+    worst = max(worst, abs(trainer.runtime.learning_rate(model) - float(schedule(step))))
+print("result", worst, trainer.runtime._compiled_schedule[1]._cache_size())
 """, "jax")
     worst, compiled = out.split("result")[-1].split()
     assert float(worst) < 1e-6 and int(compiled) == 1

@@ -126,7 +126,7 @@ def test_bad_settings_are_clear_errors(tmp_path, synthetic_source):
         Trainer(tiny_config(tmp_path, batch_size=128), source=synthetic_source, verbose=0).train()
     with pytest.raises(PSLError, match="Unknown task"):
         Trainer(tiny_config(tmp_path, task="colorize"), source=synthetic_source, verbose=0).train()
-    with pytest.raises(PSLError, match="trained by psl_keras.jax_training.JaxTrainer"):
+    with pytest.raises(PSLError, match="--backend jax needs Keras on JAX"):
         Trainer(tiny_config(tmp_path, backend="jax"), source=synthetic_source, verbose=0)
 
 
@@ -264,7 +264,7 @@ def test_data_order_is_reshuffled_every_epoch_and_stage_and_repeats_with_the_see
     def order(seed, stage_index, epoch):
         trainer = Trainer(tiny_config(tmp_path, seed=seed), source=source, verbose=0)
         trainer._build()
-        dataset = trainer._distributed_dataset(trainer.plan[stage_index - 1], epoch)
+        dataset = trainer._epoch_batches(trainer.plan[stage_index - 1], epoch)
         views = np.concatenate([keras.ops.convert_to_numpy(inputs) for inputs, _ in dataset])
         return np.round(views.mean(axis=(1, 2, 3)) * 255 / 3).astype(int)
 
@@ -324,8 +324,8 @@ def test_a_non_finite_loss_stops_the_run_and_a_lower_lr_resumes_it(tmp_path, syn
     trainer = Trainer(tiny_config(tmp_path, **{**config, "lr": 0.05}), resume=True, source=synthetic_source,
                       verbose=0)
     restored = []
-    original = trainer._restore_backbone
-    trainer._restore_backbone = lambda s: (restored.append(s.checkpoint), original(s))
+    original = trainer.runtime.restore_backbone
+    trainer.runtime.restore_backbone = lambda backbone, path: (restored.append(path), original(backbone, path))
     summary = trainer.train()
     assert restored == [state["checkpoint"]]  # it continued from the last good checkpoint
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
