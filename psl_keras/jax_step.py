@@ -8,7 +8,9 @@ pure function, compiled once per stage with `jax.jit`:
   the TF step, so they cannot change;
 - BatchNorm's moving statistics and the optimizer's slots come out as new values (Keras' `StatelessScope`
   and `optimizer.stateless_apply`), and are written back to the variables only when asked (`write_back`), e.g.
-  before a checkpoint or export.
+  before a checkpoint or export;
+- a task's stage state (MoCo's key encoder and queue) is updated by the task's own `after_step` in a second
+  `StatelessScope` over the new weights, and comes out as new values the same way.
 
 Imports no TensorFlow: it runs where only JAX is installed.
 """
@@ -26,16 +28,13 @@ class JaxStageStep:
     """
 
     def __init__(self, stage_model, optimizer):
-        if stage_model.task_state is not None:
-            raise NotImplementedError(f"Task {stage_model.task.name} keeps stage state (a key encoder, a queue) "
-                                      f"that the JAX step does not update yet; train it with TensorFlow.")
         self.model = stage_model
         self.optimizer = optimizer
         self.trained = list(stage_model.stage_variables)
         if not optimizer.built:
             optimizer.build(self.trained)
         trained_ids = {id(v) for v in self.trained}
-        # Everything else the forward pass reads: frozen blocks (all their weights), moving statistics.
+        # Everything else the step reads: frozen blocks (all their weights), moving statistics, task state.
         self.others = [v for v in stage_model.variables if id(v) not in trained_ids]
         self.step = jax.jit(self._step, donate_argnums=(0,))
 
@@ -65,19 +64,28 @@ class JaxStageStep:
         model = self.model
         mapping = list(zip(self.trained, trained)) + list(zip(self.others, others))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            loss, _, per_example, correct = model.stage_loss(model.frozen_features(inputs), labels)
+            loss, outputs, per_example, correct = model.stage_loss(model.frozen_features(inputs), labels)
         # BatchNorm of the trained blocks updated its moving statistics inside the scope.
+        return loss, (self._updated(scope, others), outputs, per_example, correct)
+
+    def _updated(self, scope, others):
+        """`others` with the values assigned inside `scope`."""
         new_others = []
         for variable, value in zip(self.others, others):
             updated = scope.get_current_value(variable)
             new_others.append(value if updated is None else updated)
-        return loss, (new_others, per_example, correct)
+        return new_others
 
     def _step(self, state, inputs, labels):
         trained, others, slots = state
-        (_, (others, per_example, correct)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+        (_, (others, outputs, per_example, correct)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             trained, others, inputs, labels)
         trained, slots = self.optimizer.stateless_apply(slots, grads, trained)
+        if self.model.task_state is not None:  # e.g. MoCo's momentum update and queue, from the new weights
+            mapping = list(zip(self.trained, trained)) + list(zip(self.others, others))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                self.model.task.after_step(self.model, outputs)
+            others = self._updated(scope, others)
         return (trained, others, slots), step_sums(per_example, correct)
 
 

@@ -62,8 +62,8 @@ class JaxRuntime:
             if getattr(config, name):
                 raise PSLError(f"--{name} is not available with --backend jax: {why}.")
         if not task.has_array_pipeline():
-            raise PSLError(f"--task {config.task} has no on-device input path for --backend jax yet (rotation, "
-                           f"jigsaw and simclr have); train it with --backend tensorflow.")
+            raise PSLError(f"--task {config.task} has no on-device input path for --backend jax "
+                           f"(`Task.array_examples`); train it with --backend tensorflow.")
 
     def scope(self):
         return contextlib.nullcontext()
@@ -136,9 +136,10 @@ class JaxRuntime:
         self.stage_state.write_back()
 
     def checkpointer(self, directory, backbone, model):
+        extra = {"task_state": model.task_state.weights} if model.task_state is not None else {}
         return NpzCheckpointer(directory, self.stage_state,
                                {"backbone": backbone.weights, "head": model.head.weights,
-                                "optimizer": model.optimizer.variables})
+                                "optimizer": model.optimizer.variables, **extra})
 
     def restore_backbone(self, backbone, path):
         NpzCheckpointer.load(path, {"backbone": backbone.weights})

@@ -17,6 +17,10 @@ normalised over the same images, BatchNorm would leak which key belongs to which
 key batch across GPUs. Here each replica splits its key batch, in a random order, into `shuffle_groups`
 groups that are normalised separately, which breaks the correspondence on one device as well. The key
 encoder's BatchNorm is never synchronised across replicas, whatever --sync_bn says.
+
+Both backends. The keys are `keras.ops`; the update after each step runs each assignment on every replica's
+copy under tf.distribute, and is plain variable assignment under Keras on JAX, where the JAX step collects the
+new values (`jax_step.JaxStageStep`).
 """
 
 import math
@@ -100,33 +104,49 @@ class MomentumEncoder(layers.Layer):
                 pairs.append((k, q))
         return pairs
 
+    def shuffle_order(self, count):
+        """A permutation of the `count` keys, new every step and the same on every replica (a function of the
+        stage's seed and step count): the order in which they are cut into BatchNorm groups."""
+        index = ops.arange(count, dtype="float32") + 1.0
+        step = ops.cast(ops.mod(self.steps, 65521), "float32")
+        noise = ops.sin(index * 12.9898 + step * 78.233 + float(self.seed % 997) * 37.719) * 43758.5453
+        return ops.argsort(noise - ops.floor(noise))
+
     def keys(self, features):
         """Normalised keys of key-view features [n, h, w, c], BatchNorm over shuffled groups; no gradient."""
         count = features.shape[0]
         groups = math.gcd(count, self.shuffle_groups) if count else 1
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.steps, tf.int64)])
-        order = tf.argsort(tf.random.stateless_uniform([count], seed)) if groups > 1 else tf.range(count)
-        shuffled = tf.gather(features, order)
+        order = self.shuffle_order(count) if groups > 1 else ops.arange(count)
         outputs = []
-        for part in tf.split(shuffled, groups):
+        for part in ops.split(ops.take(features, order, axis=0), groups):
             x = part
             for block in self.key_blocks:
                 x = block(x, training=True)
             outputs.append(self.key_head(x, training=True))
-        keys = tf.scatter_nd(order[:, tf.newaxis], tf.concat(outputs, 0), [count, outputs[0].shape[-1]])
+        keys = ops.take(ops.concatenate(outputs, axis=0), ops.argsort(order), axis=0)  # back in image order
         keys = ops.cast(keys, "float32")
         keys = keys / ops.sqrt(ops.maximum(ops.sum(ops.square(keys), axis=1, keepdims=True), 1e-24))
         return ops.stop_gradient(keys)
 
     def update(self, keys):
         """After the optimizer step: momentum update of the key encoder, then the keys of every replica
-        replace the oldest entries of the queue. Runs in a replica context (or none)."""
-        from psl_keras.distribute import gather_replicas
-
-        gathered, _ = gather_replicas(keys)
+        replace the oldest entries of the queue. Runs in a replica context (or none) under TensorFlow."""
         # Trained weights only: the key encoder's BatchNorm uses batch statistics, never its moving ones.
         pairs = [(k, q) for k, q in self.weight_pairs() if q.trainable]
         momentum, size = self.momentum, self.queue.shape[0]
+        if keras.backend.backend() != "tensorflow":  # Keras on JAX: one process, one global batch
+            for key_var, query_var in pairs:
+                key_var.assign(momentum * key_var.value + (1.0 - momentum) * query_var.value)
+            count = keys.shape[0]
+            slots = ops.mod(self.queue_pointer.value + ops.arange(count, dtype="int32"), size)
+            self.queue.assign(ops.scatter_update(self.queue.value, slots[:, None], ops.cast(keys, self.queue.dtype)))
+            self.queue_pointer.assign(ops.mod(self.queue_pointer.value + count, size))
+            self.steps.assign(self.steps.value + 1)
+            return
+
+        from psl_keras.distribute import gather_replicas
+
+        gathered, _ = gather_replicas(keys)
 
         def apply(strategy, gathered):
             # Cross-replica context: `extended.update` runs each assignment on every device's copy, as
@@ -153,11 +173,6 @@ class MoCoV2Task(ContrastiveTask):
 
     name = "mocov2"
     crop_area = (0.2, 1.0)  # MoCo v2's RandomResizedCrop(scale=(0.2, 1))
-
-    @classmethod
-    def has_array_pipeline(cls):
-        # The views could be made on the device, but the JAX step does not update the key encoder and queue yet.
-        return False
     OPTIONS = {
         **ContrastiveTask.OPTIONS,
         "queue_size": (0, "Negatives in the queue (0: 65536 as MoCo above 64 px, 4096 at <=64 px).",
