@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from psl_keras.distribute import STRATEGIES
 from psl_keras.errors import PSLError
 from psl_keras.ranges import Range, fraction, non_negative, non_negative_int, positive, positive_int
 
@@ -22,7 +23,6 @@ MODES = ("psl", "sl", "psl_f", "e2e")
 STEMS = ("auto", "imagenet", "cifar")
 SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "lars")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 BACKENDS = ("tensorflow", "jax")
 
 
@@ -141,31 +141,9 @@ _CIFAR10_SMALL = dict(
     schedule="cosine",
 )
 
-# SimCLR in the paper (§4.1): ResNet-50, batch 256, LARS at lr 0.3 (SimCLR's 0.3 x batch/256), cosine without
-# restarts, 200 epochs split 60/70/70, a 2-layer MLP head to 128-d. Weight decay 1e-6 and a 10-epoch warm-up
-# (SimCLR's) are not in the PSL paper; the warm-up is spread as 3 epochs at the start of each stage.
-_SIMCLR_IMAGENET = dict(optimizer="lars", lr=0.3, momentum=0.9, nesterov=False, weight_decay=1e-6,
-                        schedule="cosine", warmup_epochs=3, stage_epochs="60,70,70", head_hidden=2048)
-# CIFAR-10: SimCLR's CIFAR recipe (batch 512, lr 0.3 x 512/256, weight decay 1e-6, temperature 0.5, colour
-# strength 0.5) with a 1-epoch warm-up per stage.
-_SIMCLR_CIFAR = dict(optimizer="lars", lr=0.6, momentum=0.9, nesterov=False, weight_decay=1e-6, warmup_epochs=1)
-
-# MoCo v2 (Chen et al. 2020): SGD lr 0.03 at batch 256, weight decay 1e-4, cosine, MLP head 2048, 200 epochs
-# (split 60/70/70 as for SimCLR). CIFAR-10: lr 0.06 at batch 512, weight decay 5e-4, key momentum 0.99 and a
-# 4096-key queue, the usual small-data MoCo settings.
-_MOCO_IMAGENET = dict(optimizer="sgd", lr=0.03, momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="cosine",
-                      stage_epochs="60,70,70", head_hidden=2048)
-_MOCO_CIFAR = dict(optimizer="sgd", lr=0.06, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                   task_options={"momentum": 0.99})
-
-PRESETS = {
-    # Rotation used RevNet-50 in the paper (§4.1); jigsaw ResNet-50.
-    "imagenet_paper": {"*": _IMAGENET_PAPER, "rotation": dict(backbone="revnet50"), "simclr": _SIMCLR_IMAGENET,
-                       "mocov2": _MOCO_IMAGENET},
-    # Nine tiles per image make a jigsaw step ~9x a rotation step: a smaller batch and lr to match.
-    "cifar10_small": {"*": _CIFAR10_SMALL, "jigsaw": dict(batch_size=128, lr=0.05), "simclr": _SIMCLR_CIFAR,
-                      "mocov2": _MOCO_CIFAR},
-}
+# Each task adds its own settings to a preset (its class's PRESETS): rotation trains RevNet-50 in the paper,
+# jigsaw a smaller batch, the contrastive tasks their own optimizers.
+PRESETS = {"imagenet_paper": _IMAGENET_PAPER, "cifar10_small": _CIFAR10_SMALL}
 
 
 def preset_values(preset, task):
@@ -174,8 +152,10 @@ def preset_values(preset, task):
         return {}
     if preset not in PRESETS:
         raise PSLError(f"Unknown preset {preset!r}. Choose one of: none, {', '.join(PRESETS)} (--config).")
-    values = dict(PRESETS[preset]["*"])
-    values.update(PRESETS[preset].get(task, {}))
+    from psl_keras.tasks import TASKS
+
+    values = dict(PRESETS[preset])
+    values.update(TASKS[task].PRESETS.get(preset, {}) if task in TASKS else {})
     return values
 
 

@@ -7,9 +7,10 @@
 import json
 import os
 
-from psl_keras.config import STRATEGIES
 from psl_keras.errors import PSLError
 from psl_keras.lazy import tf
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
 def split_cpu(num_devices):

@@ -22,6 +22,9 @@ class Task:
     # Options whose default changed: name -> the value runs made before the option existed used. A saved run
     # that does not record such an option (resumed, reloaded by evaluate.py or the demo) keeps that value.
     LEGACY_OPTIONS = {}
+    # What the task changes in a --config preset (psl_keras.config.PRESETS): preset name -> TrainConfig
+    # values (task_options among them), laid over the preset's own; flags given explicitly still win.
+    PRESETS = {}
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False):
         self.image_size = int(image_size)

@@ -9,6 +9,8 @@ example's seed; `batch_transform` does the colour, blur and Sobel work on the wh
 (`psl_keras.augment`). The batch reaches the model as views [B, 2, H, W, 3], float32 in [0, 1].
 """
 
+import math
+
 import keras
 from keras import layers, ops
 
@@ -140,3 +142,134 @@ class ContrastiveTask(Task):
         config.update(temperature=self.temperature, projection_dim=self.projection_dim, strength=self.strength,
                       blur_rate=self.blur_rate, sobel_rate=self.sobel_rate)
         return config
+
+
+def _tf(variable):
+    """The TensorFlow variable under a Keras variable (what `assign` needs inside `extended.update`)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _unsynchronised(layer):
+    """A fresh copy of `layer` (for `clone_model`), with BatchNorm never synchronised across replicas."""
+    config = layer.get_config()
+    if isinstance(layer, layers.BatchNormalization):
+        config["synchronized"] = False
+    return layer.__class__.from_config(config)
+
+
+class MomentumEncoder(layers.Layer):
+    """A momentum copy of one stage's trained blocks and `head` (MoCo's key encoder, BYOL's target network)
+    that follows them by k <- m k + (1 - m) q after every step, normalises with batch statistics over
+    `shuffle_groups` shuffled groups (shuffle BN), and with `queue_size` > 0 keeps a queue of its past outputs
+    (MoCo's negatives). Part of the stage's checkpoint; both backends (see `update`)."""
+
+    def __init__(self, trained_blocks, head, momentum, shuffle_groups, seed, queue_size=0, **kwargs):
+        super().__init__(**kwargs)
+        self.query_layers = list(trained_blocks) + [head]
+        self.key_blocks = [keras.models.clone_model(b, clone_function=_unsynchronised) for b in trained_blocks]
+        # One attribute per block as well: TensorFlow checkpoints follow a layer's attributes, not its lists.
+        for i, block in enumerate(self.key_blocks):
+            setattr(self, f"key_block_{i}", block)
+        self.key_head = keras.models.clone_model(head, clone_function=_unsynchronised)
+        self.momentum = float(momentum)
+        self.shuffle_groups = int(shuffle_groups)
+        self.seed = int(seed)
+        for key, query in zip(self.key_layers, self.query_layers):
+            key.set_weights(query.get_weights())
+            # Nothing differentiates the key encoder, but its layers stay trainable: a Keras 3 BatchNormalization
+            # whose layer is not trainable runs in inference mode, and the keys need batch statistics.
+            for variable in key.weights:
+                variable.trainable = False
+        self.queue = self.queue_pointer = None
+        if queue_size:
+            dim = head.output.shape[-1]
+            start = keras.random.normal((queue_size, dim), seed=self.seed)
+            start = start / ops.sqrt(ops.sum(ops.square(start), axis=1, keepdims=True))
+            self.queue = self.add_weight(shape=(queue_size, dim), initializer=lambda shape, dtype=None: start,
+                                         trainable=False, name="queue")
+            self.queue_pointer = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False,
+                                                 name="queue_pointer")
+        self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="steps")
+
+    @property
+    def key_layers(self):
+        return self.key_blocks + [self.key_head]
+
+    def weight_pairs(self):
+        """(key variable, query variable) for every weight of the stage's trained blocks and head."""
+        pairs = []
+        for key, query in zip(self.key_layers, self.query_layers):
+            for k, q in zip(key.weights, query.weights):
+                if k.shape != q.shape or k.path.split("/")[-1] != q.path.split("/")[-1]:
+                    raise RuntimeError(f"Key encoder weight {k.path} does not mirror {q.path}.")
+                pairs.append((k, q))
+        return pairs
+
+    def shuffle_order(self, count):
+        """A permutation of the `count` keys, new every step and the same on every replica (a function of the
+        stage's seed and step count): the order in which they are cut into BatchNorm groups."""
+        index = ops.arange(count, dtype="float32") + 1.0
+        step = ops.cast(ops.mod(self.steps, 65521), "float32")
+        noise = ops.sin(index * 12.9898 + step * 78.233 + float(self.seed % 997) * 37.719) * 43758.5453
+        return ops.argsort(noise - ops.floor(noise))
+
+    def keys(self, features):
+        """Normalised keys of key-view features [n, h, w, c], BatchNorm over shuffled groups; no gradient."""
+        count = features.shape[0]
+        groups = math.gcd(count, self.shuffle_groups) if count else 1
+        order = self.shuffle_order(count) if groups > 1 else ops.arange(count)
+        outputs = []
+        for part in ops.split(ops.take(features, order, axis=0), groups):
+            x = part
+            for block in self.key_blocks:
+                x = block(x, training=True)
+            outputs.append(self.key_head(x, training=True))
+        keys = ops.take(ops.concatenate(outputs, axis=0), ops.argsort(order), axis=0)  # back in image order
+        keys = ops.cast(keys, "float32")
+        keys = keys / ops.sqrt(ops.maximum(ops.sum(ops.square(keys), axis=1, keepdims=True), 1e-24))
+        return ops.stop_gradient(keys)
+
+    def update(self, keys=None):
+        """After the optimizer step: momentum update of the key encoder, then (with a queue) the keys of every
+        replica replace the oldest entries of the queue. Runs in a replica context (or none) under TensorFlow;
+        under Keras on JAX its assignments are collected by the JAX step."""
+        # Trained weights only: the key encoder's BatchNorm uses batch statistics, never its moving ones.
+        pairs = [(k, q) for k, q in self.weight_pairs() if q.trainable]
+        momentum = self.momentum
+        size = self.queue.shape[0] if self.queue is not None else 0
+        if keras.backend.backend() != "tensorflow":  # Keras on JAX: one process, one global batch
+            for key_var, query_var in pairs:
+                key_var.assign(momentum * key_var.value + (1.0 - momentum) * query_var.value)
+            if not size:
+                self.steps.assign(self.steps.value + 1)
+                return
+            count = keys.shape[0]
+            slots = ops.mod(self.queue_pointer.value + ops.arange(count, dtype="int32"), size)
+            self.queue.assign(ops.scatter_update(self.queue.value, slots[:, None], ops.cast(keys, self.queue.dtype)))
+            self.queue_pointer.assign(ops.mod(self.queue_pointer.value + count, size))
+            self.steps.assign(self.steps.value + 1)
+            return
+
+        from psl_keras.distribute import gather_replicas
+
+        gathered = gather_replicas(keys)[0] if size else None
+
+        def apply(strategy, gathered):
+            # Cross-replica context: `extended.update` runs each assignment on every device's copy, as
+            # Keras' optimizer does for its own updates.
+            extended = strategy.extended
+            for key_var, query_var in pairs:
+                extended.update(_tf(key_var), lambda k, q: k.assign(momentum * k + (1.0 - momentum) * q),
+                                args=(_tf(query_var),), group=False)
+
+            def enqueue(queue, pointer, new):
+                slots = (pointer + tf.range(tf.shape(new)[0])) % size
+                return queue.assign(tf.tensor_scatter_nd_update(queue, slots[:, tf.newaxis], new))
+
+            if size:
+                count = tf.shape(gathered if not hasattr(gathered, "values") else gathered.values[0])[0]
+                extended.update(_tf(self.queue), enqueue, args=(_tf(self.queue_pointer), gathered), group=False)
+                extended.update(_tf(self.queue_pointer), lambda p: p.assign((p + count) % size), group=False)
+            extended.update(_tf(self.steps), lambda s: s.assign_add(1), group=False)
+
+        tf.distribute.get_replica_context().merge_call(apply, args=(gathered,))

@@ -88,6 +88,7 @@ class RotationTask(Task):
     """Predict which of |R_level| rotations was applied; one random rotation per image."""
 
     name = "rotation"
+    PRESETS = {"imagenet_paper": {"backbone": "revnet50"}}  # the paper's rotation network (§4.1)
     RESAMPLING = ("bilinear", "smooth")
     OPTIONS = {
         "crop_fraction": (0.0, "Share of the inscribed square the random crop covers (0: 224/256, 1 at <=64 px).",

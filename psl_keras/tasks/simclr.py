@@ -39,6 +39,17 @@ class SimCLRTask(ContrastiveTask):
     """Two views per image; the stage head projects each to `projection_dim`; NT-Xent at `temperature`."""
 
     name = "simclr"
+    # The paper (§4.1): ResNet-50, batch 256, LARS at lr 0.3 (SimCLR's 0.3 x batch/256), cosine without
+    # restarts, 200 epochs split 60/70/70, a 2-layer MLP head to 128-d. Weight decay 1e-6 and a 10-epoch warm-up
+    # (SimCLR's) are not in the PSL paper; the warm-up is spread as 3 epochs at the start of each stage.
+    # CIFAR-10: SimCLR's CIFAR recipe (batch 512, lr 0.3 x 512/256, weight decay 1e-6, temperature 0.5, colour
+    # strength 0.5) with a 1-epoch warm-up per stage.
+    PRESETS = {
+        "imagenet_paper": dict(optimizer="lars", lr=0.3, momentum=0.9, nesterov=False, weight_decay=1e-6,
+                               schedule="cosine", warmup_epochs=3, stage_epochs="60,70,70", head_hidden=2048),
+        "cifar10_small": dict(optimizer="lars", lr=0.6, momentum=0.9, nesterov=False, weight_decay=1e-6,
+                              warmup_epochs=1),
+    }
 
     def default_temperature(self):
         # SimCLR's tuned values: 0.5 on CIFAR-10 (appendix B.9), 0.1 on ImageNet with LARS.
