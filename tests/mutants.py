@@ -47,6 +47,7 @@ EVALUATION = ("tests/test_evaluation.py", "tests/test_training.py", "tests/test_
 AUGMENT = ("tests/test_augment.py",)
 CONTRASTIVE = ("tests/test_contrastive.py", "tests/test_golden.py")
 MOCO = ("tests/test_mocov2.py",)
+BYOL = ("tests/test_byol.py",)
 JAX = ("tests/test_jax.py",)
 IMAGES = ("tests/test_images.py", "tests/test_properties.py")
 DEMO = ("tests/test_demo.py",)
@@ -277,6 +278,14 @@ MUTANTS = (
     Mutant("J9", "the JAX step never updates a task's stage state (MoCo's key encoder and queue stay as built)",
            "psl_keras/jax_step.py",
            (("if self.model.task_state is not None:  # e.g. MoCo", "if False:  # e.g. MoCo"),), JAX),
+    Mutant("B1", "BYOL aims each prediction at its own view's target, not the other view's", "psl_keras/tasks/byol.py",
+           (("other = ops.reshape(ops.flip(ops.reshape(z, (-1, 2, dim)), axis=1), (-1, dim))", "other = z"),), BYOL),
+    Mutant("B2", "BYOL's target network never follows the online network", "psl_keras/tasks/byol.py",
+           (("    def after_step(self, stage_model, outputs):\n        stage_model.task_state.update()",
+             "    def after_step(self, stage_model, outputs):\n        pass"),), BYOL),
+    Mutant("B3", "BYOL's target mirrors the predictor too (the online network has no predictor of its own)",
+           "psl_keras/tasks/byol.py",
+           (('head.get_layer(f"{head.name}_projection").output', "head.output"),), BYOL),
     Mutant("C13", "SimCLR's two views drawn from one seed (identical views)", "psl_keras/tasks/contrastive.py",
            (("view2, params2 = self.ladder.sample(image, second, level)",
              "view2, params2 = self.ladder.sample(image, first, level)"),), ("tests/test_contrastive.py",)),

@@ -33,6 +33,8 @@ TRAIN = {
         "temperature": ["-1"], "projection_dim": ["0"], "strength": ["-1"], "blur_rate": ["2"],
         "sobel_rate": ["-0.5"]}.items()},
     "mocov2_queue_size": ["-1"], "mocov2_momentum": ["1", "-0.5"], "mocov2_shuffle_groups": ["0"],
+    "byol_projection_dim": ["0"], "byol_strength": ["-1"], "byol_blur_rate": ["2"], "byol_sobel_rate": ["-0.5"],
+    "byol_momentum": ["1", "-0.5"],
 }
 EVALUATE = {
     "probe": ["linear"], "on_bad_image": ["ignore"], "schedule": ["linear"], "strategy": ["mirror"],

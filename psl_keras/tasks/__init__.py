@@ -2,6 +2,7 @@
 
 from psl_keras.errors import PSLError
 from psl_keras.tasks.base import Task
+from psl_keras.tasks.byol import BYOLTask
 from psl_keras.tasks.jigsaw import JigsawTask
 from psl_keras.tasks.mocov2 import MoCoV2Task
 from psl_keras.tasks.rotation import RotationTask
@@ -12,6 +13,7 @@ TASKS = {
     "jigsaw": JigsawTask,
     "simclr": SimCLRTask,
     "mocov2": MoCoV2Task,
+    "byol": BYOLTask,
 }
 
 
