@@ -96,7 +96,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep tf.distribute's per-step INFO lines off the progress bar
     # SIGTERM (kill, timeout, a scheduler's preemption, docker stop) takes Ctrl-C's path: the steps done are
     # saved and --resume continues, where the default action would drop everything since the last checkpoint.
-    from psl_keras import loop
+    from psl_keras.training import loop
 
     signal.signal(signal.SIGTERM, loop.request_stop)
     import keras
@@ -111,12 +111,12 @@ def main(argv):
             raise PSLError(f"--backend {config.backend}, but Keras was loaded on {keras.backend.backend()} "
                            f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND', '')!r}); give one of them only.")
         if config.backend == "jax":  # no TensorFlow needed
-            from psl_keras.training import JaxTrainer
+            from psl_keras.training.trainer import JaxTrainer
 
             summary = JaxTrainer(config, resume=FLAGS.resume).train()
         else:
             from psl_keras import distribute
-            from psl_keras.training import Trainer
+            from psl_keras.training.trainer import Trainer
 
             strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
             chief = distribute.is_chief(strategy)

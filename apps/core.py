@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from psl_keras import data as data_lib
-from psl_keras import images as images_lib
+from psl_keras.data import images as images_lib
 from psl_keras import rundir
 from psl_keras.atomic import atomic_path
 from psl_keras.backbones import BLOCK_NAMES

@@ -79,7 +79,7 @@ class DemoApp:
         else:
             image, label = self.gallery.image(int(example or 0))
             described = f"gallery image #{int(example or 0)} ({self.gallery.class_name(label)})"
-        from psl_keras.images import fit_square
+        from psl_keras.data.images import fit_square
 
         return fit_square(image, self.core.model_input_side(image_size)), described
 

@@ -4,7 +4,7 @@ shared machine), against what a training step consumes.
   python benchmarks/augmentation.py [--batch 256] [--batches 4] [--sizes 224,32] [--markdown]
 
 For each output size and level, examples per second (best of interleaved rounds) (each example yields two views) through tf.data:
-- ours:          `psl_keras.augment` as the trainer runs it (per-example crop and random draws, batched colour /
+- ours:          `psl_keras.data.augment` as the trainer runs it (per-example crop and random draws, batched colour /
                  blur / Sobel on the images their probability picked);
 - all keras-cv:  keras-cv's layers on batches (RandomCropAndResize, RandomFlip, RandomApply of RandomColorJitter,
                  Grayscale, RandomGaussianBlur; Sobel, which keras-cv lacks, is ours inside RandomApply);
@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from psl_keras import augment  # noqa: E402
+from psl_keras.data import augment  # noqa: E402
 from psl_keras.tasks import build_task  # noqa: E402
 
 STRENGTH = {224: 1.0, 32: 0.5}
@@ -155,7 +155,8 @@ def plain_tf_image(images, size, level, batch):
 
 def consumption(batch_size=512, steps=3):
     """Examples per second the cifar10_small SimCLR preset's train step takes, stage 1 and E2E."""
-    from psl_keras import loop, optim, stages
+    from psl_keras import optim, stages
+    from psl_keras.training import loop
     from psl_keras.backbones import backbone_blocks, build_backbone
 
     task = build_task("simclr", 32, head_hidden=256)

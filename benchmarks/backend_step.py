@@ -7,7 +7,7 @@ stage and the JAX/TF ratio. Each process times `--steps` steps after `--warmup` 
   python benchmarks/backend_step.py --backbone resnet50 --image_size 224 --batch_size 16 --width 1
 
 The TF step is `StageModel.train_step` in a `tf.function` (as the trainer runs it, one replica); the JAX step is
-`psl_keras.jax_step.JaxStageStep` under `jax.jit`. Absolute numbers depend on the machine; compare the ratios.
+`psl_keras.training.jax_step.JaxStageStep` under `jax.jit`. Absolute numbers depend on the machine; compare the ratios.
 """
 
 import argparse
@@ -44,7 +44,7 @@ def measure(args):
         model = stages.StageModel(blocks, stage, head, task, args.batch_size, weight_decay=5e-4)
         optimizer = optim.build_optimizer("sgd", 0.01, momentum=0.9, nesterov=True)
         if keras.backend.backend() == "jax":
-            from psl_keras.jax_step import JaxStageStep
+            from psl_keras.training.jax_step import JaxStageStep
 
             runner = JaxStageStep(model, optimizer)
             state = [runner.initial_state()]

@@ -33,7 +33,7 @@ def trial(args):
 
     from psl_keras.config import TrainConfig
     from psl_keras.data import ImageSource, load_images
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     if args.data_dir:
         source = load_images("cifar10", args.data_dir, "train")

@@ -1,4 +1,4 @@
-"""Shortcut probes of the pretext tasks as they are configured (`psl_keras/shortcuts.py`), at both geometries.
+"""Shortcut probes of the pretext tasks as they are configured (`psl_keras/tasks/shortcuts.py`), at both geometries.
 
   python benchmarks/shortcuts.py --data_dir ../shared/tfds [--images 150] [--task_options rotation:resample=...]
 
@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from psl_keras import shortcuts  # noqa: E402
+from psl_keras.tasks import shortcuts  # noqa: E402
 from psl_keras.tasks import build_task  # noqa: E402
 
 

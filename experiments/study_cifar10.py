@@ -206,7 +206,7 @@ def train(spec, args):
 
     from psl_keras import rundir
     from psl_keras.config import resolve_config
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     settings = train_settings(spec, args)
     out = settings["output_dir"]
@@ -217,7 +217,7 @@ def train(spec, args):
           + (" --resume" if resume else ""), flush=True)
     keras.backend.clear_session()
     if settings.get("backend") == "jax":
-        from psl_keras.training import JaxTrainer as trainer_class
+        from psl_keras.training.trainer import JaxTrainer as trainer_class
     else:
         trainer_class = Trainer
     trainer_class(resolve_config("cifar10_small", settings), resume=resume, verbose=args.verbose).train()
@@ -466,7 +466,7 @@ def main(argv=None):
     parser.add_argument("--gpu_epochs", type=int, default=0,
                         help="the GPU budget's runs instead (Keras on JAX), E epochs per stage; the study's is 30")
     parser.add_argument("--dataset", default="cifar10",
-                        help="the GPU runs' training data: arrays:FILE where TensorFlow is absent (psl_keras.arrays)")
+                        help="the GPU runs' training data: arrays:FILE where TensorFlow is absent (psl_keras.data.arrays)")
     parser.add_argument("--print_commands", action="store_true",
                         help="print the train.py command of each run and the evaluate.py commands of the evaluations")
     parser.add_argument("--verbose", type=int, default=1)

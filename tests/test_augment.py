@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from psl_keras import augment
+from psl_keras.data import augment
 
 
 def run_level(ladder, images, level, seeds):
@@ -178,11 +178,11 @@ def test_any_keras_augmentation_layer_can_join_a_ladder():
     assert augment.RandomResizedCrop(8, seed=1)(batch).shape == (3, 8, 8, 3)
 
 
-# --- the ladder on the device (psl_keras.array_augment: Keras on JAX) ------------------------------
+# --- the ladder on the device (psl_keras.data.array_augment: Keras on JAX) ------------------------------
 def test_array_ladder_steps_equal_the_tf_ladder_steps_with_the_same_choices():
     """Each step of the keras.ops ladder against the TF layer it stands in for, fed the same random choices
     (here under TensorFlow; test_jax.py runs the same steps under JAX)."""
-    from psl_keras import array_augment
+    from psl_keras.data import array_augment
 
     images = noise_images(6, 32, 32, seed=3)
     ladder = array_augment.ArrayLadder(32, strength=0.5)
@@ -210,7 +210,7 @@ def test_array_ladder_steps_equal_the_tf_ladder_steps_with_the_same_choices():
 
 
 def test_array_ladder_has_the_tf_ladders_steps_and_settings():
-    from psl_keras import array_augment
+    from psl_keras.data import array_augment
 
     tf_ladder = augment.simclr_ladder(32, 0.5, (0.2, 1.0), blur_rate=0.3, sobel_rate=0.1)
     ladder = array_augment.ArrayLadder(32, 0.5, (0.2, 1.0), blur_rate=0.3, sobel_rate=0.1)
@@ -234,7 +234,7 @@ def test_array_ladder_has_the_tf_ladders_steps_and_settings():
 def test_array_crop_boxes_follow_tf_sample_distorted_bounding_box(area):
     """SimCLR's crop on the device draws boxes as tf.image.sample_distorted_bounding_box does (height uniform
     for a uniform aspect ratio, not area uniform): the same mean and spread of area, aspect and corner."""
-    from psl_keras import array_augment
+    from psl_keras.data import array_augment
 
     ours = array_augment.crop_boxes(np.random.default_rng(0), 20000, 32, 32, area)
     theirs = np.array([np.concatenate([t.numpy()[:2] for t in tf.image.stateless_sample_distorted_bounding_box(
@@ -298,7 +298,7 @@ def test_every_step_of_the_ladder_fires_at_its_rate():
 
 def test_every_step_of_the_array_ladder_fires_at_its_rate():
     """The device ladder's draws and views together: each step changes the share of views its rate says."""
-    from psl_keras import array_augment
+    from psl_keras.data import array_augment
 
     images = np.round(_colour_images(RATE_SAMPLES) * 255).astype(np.uint8)
     rates = {}

@@ -116,7 +116,7 @@ def test_preset_uses_lars_at_the_scaled_learning_rate():
 # sl and psl_f differ from psl only in the stage plan, which is task-agnostic (tests/test_stages.py).
 @pytest.mark.parametrize("mode", ["psl", "e2e"])
 def test_simclr_trains_with_per_stage_epochs(tmp_path, mode):
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     source = ImageSource.from_arrays("synthetic", synthetic_images(64), np.arange(64) % 4)
     config = tiny_config(tmp_path, task="simclr", mode=mode, optimizer="lars", lr=0.3, weight_decay=1e-6,
@@ -136,7 +136,7 @@ def test_simclr_trains_with_per_stage_epochs(tmp_path, mode):
 
 def test_stage_epochs_must_match_the_windows(tmp_path):
     from psl_keras.errors import PSLError
-    from psl_keras.training import stage_epochs
+    from psl_keras.training.trainer import stage_epochs
 
     assert stage_epochs(tiny_config(tmp_path, stage_epochs="60,70,70")) == [60, 70, 70]
     assert stage_epochs(tiny_config(tmp_path, epochs_per_stage=5)) == [5, 5, 5]

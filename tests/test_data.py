@@ -158,7 +158,7 @@ def test_a_streaming_tfds_shard_decodes_after_splitting_and_matches_the_old_shar
 
 
 def test_array_datasets_round_trip_exactly_and_compress(tmp_path):
-    from psl_keras import arrays
+    from psl_keras.data import arrays
 
     images = synthetic_images(40, size=16, seed=5)
     images[0, 0, 0] = [255, 0, 255]  # deltas that wrap around 0 / 255

@@ -43,7 +43,7 @@ def _write_gallery(root):
 
 def _train_runs(runs):
     from psl_keras.data import ImageSource
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     source = ImageSource.from_arrays("synthetic", synthetic_images(64), np.arange(64) % 4)
     Trainer(tiny_config(runs, output_dir=str(runs / "rotation_psl")), source=source, verbose=0).train()

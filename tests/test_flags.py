@@ -91,7 +91,7 @@ def test_library_configs_are_checked_too(tmp_path):
     # TrainConfig built in Python (no flags) gets the same ranges when the trainer is set up.
     from conftest import tiny_config
     from psl_keras.errors import PSLError
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     for field, value in [("batch_size", 0), ("width", 0.0), ("seed", -3), ("lr", float("nan")), ("mode", "pls")]:
         with pytest.raises(PSLError, match=f"--{field}="):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from psl_keras import data, folders
+from psl_keras import data
+from psl_keras.data import folders
 from psl_keras.errors import PSLError
 
 from conftest import tiny_config
@@ -65,7 +66,7 @@ def test_the_scan_is_cached_until_a_file_changes(tmp_path, monkeypatch):
 
 
 def test_training_on_a_wild_folder_reports_the_left_out_files_in_its_summary(tmp_path):
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     wild_folder(tmp_path / "images")
     config = tiny_config(tmp_path, dataset=f"folder:{tmp_path / 'images'}", batch_size=8, steps_per_epoch=1)

@@ -33,7 +33,7 @@ RUNS = {
 def fingerprints(tmp_path):
     from conftest import synthetic_images, tiny_config
     from psl_keras.data import ImageSource
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     source = ImageSource.from_arrays("synthetic", synthetic_images(64), np.arange(64) % 4)
     result = {}

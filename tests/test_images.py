@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from psl_keras.errors import PSLError
-from psl_keras.images import fit_square, read_image
+from psl_keras.data.images import fit_square, read_image
 
 from image_files import bad_files, odd_images
 

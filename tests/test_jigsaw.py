@@ -114,7 +114,7 @@ def test_head_sees_tiles_only_through_shared_weights(tmp_path, monkeypatch):
 
 def test_jigsaw_trains_in_every_mode(tmp_path, monkeypatch, synthetic_source):
     monkeypatch.setenv("PSL_KERAS_CACHE", str(tmp_path))
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
     from conftest import tiny_config
 
     for mode in ("psl", "e2e"):

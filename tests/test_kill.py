@@ -101,7 +101,7 @@ def test_deterministic_without_onednn_off_is_one_clear_error(tmp_path, monkeypat
 
     from conftest import tiny_config
     from psl_keras.errors import PSLError
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     with pytest.raises(PSLError, match="TF_ENABLE_ONEDNN_OPTS=0"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from psl_keras import loop
+from psl_keras.training import loop
 
 
 def _step(interrupt_at=None):

@@ -16,7 +16,7 @@ from psl_keras.data import ImageSource
 from psl_keras.errors import PSLError
 from psl_keras.tasks import build_task
 from psl_keras.tasks.mocov2 import info_nce
-from psl_keras.training import Trainer
+from psl_keras.training.trainer import Trainer
 
 
 def test_info_nce_equals_numpy():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from psl_keras.evaluation.preprocessing import center_view, train_view
-from psl_keras.images import as_rgb_uint8
+from psl_keras.data.images import as_rgb_uint8
 from psl_keras.tasks import build_task
 
 # Eager TensorFlow costs ~10-100 ms per example: few examples, no deadline. Hypothesis still searches the

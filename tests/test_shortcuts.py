@@ -3,7 +3,7 @@ and reports chance where none can exist."""
 
 import numpy as np
 
-from psl_keras import shortcuts
+from psl_keras.tasks import shortcuts
 from psl_keras.tasks import build_task
 
 
@@ -79,7 +79,7 @@ def test_runs_record_every_task_option_and_old_runs_keep_the_old_preprocessing(t
     from psl_keras.errors import PSLError
     from psl_keras.rundir import run_task
     from psl_keras.rundir import RunDirectory, RunState
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     fresh = Trainer(tiny_config(tmp_path / "new"), verbose=0)
     assert fresh.config.task_options["resample"] == "smooth"

@@ -151,7 +151,7 @@ def test_gpu_budget_trains_without_tensorflow_and_reports_beside_the_cpu_tables(
     TensorFlow made unimportable), and the tables of those runs go to results_gpuE.md, not over results.md."""
     import numpy as np
 
-    from psl_keras.arrays import save_arrays
+    from psl_keras.data.arrays import save_arrays
 
     data = tmp_path / "train.npz"
     rng = np.random.default_rng(0)

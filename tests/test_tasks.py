@@ -44,7 +44,7 @@ def test_make_example_with_a_chosen_label_is_preprocess_with_that_label(name):
 
 def test_the_trainer_takes_its_stage_count_from_the_task(tmp_path):
     from conftest import tiny_config
-    from psl_keras.training import Trainer
+    from psl_keras.training.trainer import Trainer
 
     class TwoLevelRotation(TASKS["rotation"]):
         num_levels = 2

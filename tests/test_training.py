@@ -8,7 +8,7 @@ import pytest
 
 from psl_keras.backbones import BLOCK_NAMES
 from psl_keras.errors import PSLError
-from psl_keras.training import Trainer, steady_images_per_sec
+from psl_keras.training.trainer import Trainer, steady_images_per_sec
 
 from conftest import synthetic_images, tiny_config
 
@@ -96,7 +96,7 @@ def test_resume_after_interruption_gives_the_same_backbone(tmp_path, synthetic_s
 
 
 def test_log_csv_replaces_a_replayed_epoch_and_drops_a_row_cut_short(tmp_path):
-    from psl_keras.callbacks import RunCSVLogger
+    from psl_keras.training.callbacks import RunCSVLogger
 
     path = tmp_path / "log.csv"
     logger = RunCSVLogger(str(path))

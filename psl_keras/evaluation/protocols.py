@@ -20,7 +20,8 @@ import tensorflow as tf
 from keras import layers, ops
 
 from psl_keras import data as data_lib
-from psl_keras import loop, optim
+from psl_keras import optim
+from psl_keras.training import loop
 from psl_keras.atomic import write_json_atomic
 from psl_keras.backbones import BLOCK_NAMES, backbone_image_size
 from psl_keras.errors import PSLError

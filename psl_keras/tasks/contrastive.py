@@ -6,7 +6,7 @@ harder the augmentation, the more invariant (and semantic) the features must be.
 
 Input pipeline: `preprocess` crops both views of an example and draws every other random choice from the
 example's seed; `batch_transform` does the colour, blur and Sobel work on the whole per-replica batch
-(`psl_keras.augment`). The batch reaches the model as views [B, 2, H, W, 3], float32 in [0, 1].
+(`psl_keras.data.augment`). The batch reaches the model as views [B, 2, H, W, 3], float32 in [0, 1].
 """
 
 import math
@@ -14,8 +14,8 @@ import math
 import keras
 from keras import layers, ops
 
-from psl_keras.array_augment import ArrayLadder
-from psl_keras.augment import simclr_ladder
+from psl_keras.data.array_augment import ArrayLadder
+from psl_keras.data.augment import simclr_ladder
 from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative, positive_int
 from psl_keras.tasks.base import Task

@@ -54,7 +54,7 @@ def main(directory, init, record=(STEPS,)):
     losses = []
     devices = int(os.environ.get("STAGE_STEP_DEVICES", "1"))
     if backend == "jax":
-        from psl_keras.jax_step import JaxStageStep, data_parallel
+        from psl_keras.training.jax_step import JaxStageStep, data_parallel
 
         step = JaxStageStep(model, optimizer)
         state = step.initial_state()

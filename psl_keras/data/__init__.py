@@ -7,11 +7,10 @@ workers, seeded shuffling, parallel preprocessing, per-replica batching and pref
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 
-from psl_keras import arrays as arrays_lib
+from psl_keras.data import arrays as arrays_lib
 from psl_keras.errors import PSLError
 from psl_keras.lazy import tf
 
@@ -72,8 +71,8 @@ class ImageSource:
     @classmethod
     def from_arrays(cls, name, images, labels=None, num_classes=None, split="train"):
         """An in-memory source, e.g. synthetic data in tests. Images of any dtype and 1, 3 or 4 channels are
-        brought to RGB uint8 first (psl_keras.images.as_rgb_uint8: floats as [0, 1], or [0, 255] if larger)."""
-        from psl_keras.images import as_rgb_uint8
+        brought to RGB uint8 first (psl_keras.data.images.as_rgb_uint8: floats as [0, 1], or [0, 255] if larger)."""
+        from psl_keras.data.images import as_rgb_uint8
 
         images = np.asarray(images)
         if images.ndim == 3:  # [N, H, W]: a batch of grey images
@@ -156,7 +155,7 @@ def load_images(dataset, data_dir=None, split="train", on_bad_image="skip", min_
     below `min_side` are upscaled to it."""
     if dataset.startswith(FOLDER_PREFIX):
         return _load_folder(dataset[len(FOLDER_PREFIX):], split, on_bad_image, min_side, verbose)
-    if dataset.startswith(ARRAYS_PREFIX):  # one split exported by psl_keras.arrays (`split` is the file's)
+    if dataset.startswith(ARRAYS_PREFIX):  # one split exported by psl_keras.data.arrays (`split` is the file's)
         arrays = arrays_lib.ArraySource.from_file(dataset[len(ARRAYS_PREFIX):])
         return ImageSource.from_arrays(arrays.name, arrays.images, arrays.labels, arrays.num_classes, arrays.split)
     return _load_tfds(dataset, data_dir or default_data_dir(), split, download, verbose)
@@ -261,10 +260,10 @@ def _load_tfds(name, data_dir, split, download=False, verbose=True):
 def _load_folder(root, split, on_bad_image="skip", min_side=0, verbose=True):
     """Images under `root` (or `root/split` if that exists); class = first sub-folder, sorted by name.
 
-    Files that cannot be decoded are found first (psl_keras.folders.scan, cached) and left out, so the epoch
+    Files that cannot be decoded are found first (psl_keras.data.folders.scan, cached) and left out, so the epoch
     length counts usable images only; with on_bad_image="error" they stop the run instead, named.
     """
-    from psl_keras import folders
+    from psl_keras.data import folders
 
     if on_bad_image not in folders.ON_BAD_IMAGE:
         raise PSLError(f"--on_bad_image={on_bad_image!r}: must be one of {', '.join(folders.ON_BAD_IMAGE)}.")
@@ -377,6 +376,7 @@ def main(argv=None):
     """`python -m psl_keras.data`: exports a split of fixed-size images to an array dataset file (`arrays:FILE`),
     what the JAX trainer reads where TensorFlow is absent."""
     import argparse
+    import sys
     import time
 
     parser = argparse.ArgumentParser(description="Export a split of fixed-size images to an array dataset file.")
@@ -404,7 +404,3 @@ def main(argv=None):
     print(f"{args.out}: {len(images)} images {images.shape[1:]}, {size / 2**20:.1f} MiB "
           f"({images.nbytes / size:.2f}x smaller than raw), {time.time() - start:.0f} s")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

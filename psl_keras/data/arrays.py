@@ -103,6 +103,6 @@ def load_arrays(path):
             images = decode_images(bytes(stored["images"]), tuple(meta["shape"]))
             labels = np.array(stored["labels"])
     except (OSError, ValueError, KeyError, lzma.LZMAError, json.JSONDecodeError) as err:
-        raise PSLError(f"{path} is not an array dataset written by psl_keras.arrays ({err}). Export one with "
+        raise PSLError(f"{path} is not an array dataset written by psl_keras.data.arrays ({err}). Export one with "
                        f"`python -m psl_keras.data --dataset NAME --split SPLIT --out FILE`.") from None
     return images, labels, meta

@@ -1,4 +1,4 @@
-"""Training under Keras on JAX: `JaxRuntime`, the runtime `psl_keras.training.Trainer` uses for
+"""Training under Keras on JAX: `JaxRuntime`, the runtime `psl_keras.training.trainer.Trainer` uses for
 `backend="jax"` (the stage sequence, run directory, progress bar, logs and --resume are `Trainer`'s, written once):
 
 - the step is `jax_step.JaxStageStep`, compiled once per stage, over the stage's variables only;
@@ -21,11 +21,12 @@ import jax
 import keras
 import numpy as np
 
-from psl_keras import arrays, optim
+from psl_keras import optim
+from psl_keras.data import arrays
 from psl_keras.atomic import atomic_path
-from psl_keras.callbacks import RunCSVLogger
+from psl_keras.training.callbacks import RunCSVLogger
 from psl_keras.errors import PSLError
-from psl_keras.jax_step import JaxStageStep, data_parallel, split_sharding
+from psl_keras.training.jax_step import JaxStageStep, data_parallel, split_sharding
 from psl_keras.rundir import LOG_FILE
 from psl_keras.seeds import DATA_SEED, derived_seed
 

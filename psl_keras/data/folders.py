@@ -3,7 +3,7 @@
 A folder holds truncated JPEGs, empty files, text files named .jpg, CMYK, 16-bit, palette and animated images,
 40-megapixel photos and 1-pixel icons. `scan` decodes each file once (in threads; the result is cached by the
 files' names, sizes and modification times) and returns the ones that cannot be read, with the reason, so
-training can leave them out before it counts its steps. Reading goes through `psl_keras.images.read_image`
+training can leave them out before it counts its steps. Reading goes through `psl_keras.data.images.read_image`
 (the demo's reader too): RGB uint8, first frame, EXIF orientation, large JPEGs decoded at reduced size, a
 pixel limit against decompression bombs; images smaller than the training crop are upscaled.
 """
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from psl_keras import images as images_lib
+from psl_keras.data import images as images_lib
 from psl_keras.errors import PSLError
 
 # Every format TensorFlow's decode_image reads (JPEG, PNG, GIF, BMP, WebP) and TIFF, which Pillow reads.

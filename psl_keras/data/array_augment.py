@@ -1,6 +1,6 @@
 """The contrastive ladder T1 ⊆ T2 ⊆ T3 on the device, in `keras.ops` (the input path of Keras on JAX).
 
-`psl_keras.augment` builds the ladder from keras-cv and tf.image layers that run in tf.data; where TensorFlow is
+`psl_keras.data.augment` builds the ladder from keras-cv and tf.image layers that run in tf.data; where TensorFlow is
 absent (the JAX machine) this module makes the same views from a batch of same-size images held on the device:
 
 - `ArrayLadder.draw(rng, count, level)` draws every random choice of `count` views with NumPy, as the TF layers

@@ -6,7 +6,7 @@ logging, `keras.utils.Progbar` and a `keras.callbacks.CallbackList` (CSV, Tensor
 
 The run directory and its progress state are `psl_keras.rundir.RunDirectory` and `RunState`. What depends on
 the Keras backend (devices, where the data lives, the step, checkpoints) is a runtime object: `TensorFlowRuntime`
-here, `psl_keras.jax_training.JaxRuntime` for Keras on JAX (`config.backend` picks); everything else, the stage
+here, `psl_keras.training.jax_runtime.JaxRuntime` for Keras on JAX (`config.backend` picks); everything else, the stage
 sequence, resume, progress bar, NaN stop and kill points, is written once in `Trainer`.
 """
 
@@ -20,9 +20,10 @@ import keras
 import numpy as np
 
 from psl_keras import data as data_lib
-from psl_keras import distribute, loop, optim, stages
+from psl_keras import distribute, optim, stages
+from psl_keras.training import loop
 from psl_keras.backbones import backbone_blocks, build_backbone
-from psl_keras.callbacks import RunCSVLogger
+from psl_keras.training.callbacks import RunCSVLogger
 from psl_keras.config import DETERMINISTIC_ENV, TrainConfig
 from psl_keras.errors import PSLError
 from psl_keras.faults import kill_point
@@ -423,7 +424,7 @@ def make_runtime(backend, strategy=None):
     """The runtime of a Keras backend: "tensorflow" (tf.distribute `strategy`, default the current one) or
     "jax" (the process's local devices; no strategy)."""
     if backend == "jax":
-        from psl_keras.jax_training import JaxRuntime  # imports no TensorFlow
+        from psl_keras.training.jax_runtime import JaxRuntime  # imports no TensorFlow
 
         return JaxRuntime(strategy)
     if backend != "tensorflow":
