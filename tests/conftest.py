@@ -47,3 +47,27 @@ def tiny_config(tmp_path, **overrides):
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def two_view_stage(task_name, options, batch=8, stage_index=1, head_name="g"):
+    """(task, compiled StageModel of stage `stage_index` + 1, (views, labels)) for a two-view task on a batch of
+    synthetic images made as the input pipeline makes them."""
+    import keras
+    import tensorflow as tf
+
+    from psl_keras import stages
+    from psl_keras.backbones import backbone_blocks, build_backbone
+    from psl_keras.tasks import build_task
+
+    keras.utils.set_random_seed(0)
+    task = build_task(task_name, 32, head_hidden=16, options=options)
+    blocks = backbone_blocks(build_backbone("resnet18", 32, width=0.125))
+    stage = stages.stage_plan("psl", 3)[stage_index]
+    head = task.build_head(stage.level, blocks[stage.last_block - 1].output.shape[-1], name=head_name)
+    model = stages.StageModel(blocks, stage, head, task, batch, weight_decay=1e-4)
+    model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
+    examples = [task.preprocess(tf.constant(im), tf.constant([3, i], tf.int64), stage.level)
+                for i, im in enumerate(synthetic_images(batch))]
+    inputs = tf.nest.map_structure(lambda *t: tf.stack(t), *[e[0] for e in examples])
+    views, labels = task.batch_transform(stage.level)(inputs, tf.stack([e[1] for e in examples]))
+    return task, model, (views, labels)

@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_images, tiny_config
-from psl_keras import stages
-from psl_keras.backbones import backbone_blocks, build_backbone
+from conftest import synthetic_images, tiny_config, two_view_stage
 from psl_keras.data import ImageSource
-from psl_keras.tasks import build_task
 from psl_keras.tasks.byol import byol_loss
 from psl_keras.training.trainer import Trainer
 
@@ -38,19 +35,7 @@ def test_byol_loss_equals_numpy_and_aims_each_prediction_at_the_other_view():
 
 
 def byol_stage(batch=8, momentum=0.9):
-    keras.utils.set_random_seed(0)
-    task = build_task("byol", 32, head_hidden=16, options={"momentum": momentum, "projection_dim": 8})
-    blocks = backbone_blocks(build_backbone("resnet18", 32, width=0.125))
-    stage = stages.stage_plan("psl", 3)[1]
-    head = task.build_head(stage.level, blocks[stage.last_block - 1].output.shape[-1], name="g2")
-    model = stages.StageModel(blocks, stage, head, task, batch, weight_decay=1e-4)
-    model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
-    images = synthetic_images(batch)
-    examples = [task.preprocess(tf.constant(im), tf.constant([3, i], tf.int64), stage.level)
-                for i, im in enumerate(images)]
-    inputs = tf.nest.map_structure(lambda *t: tf.stack(t), *[e[0] for e in examples])
-    views, labels = task.batch_transform(stage.level)(inputs, tf.stack([e[1] for e in examples]))
-    return task, model, (views, labels)
+    return two_view_stage("byol", {"momentum": momentum, "projection_dim": 8}, batch, head_name="g2")
 
 
 def test_the_target_is_a_momentum_copy_of_the_projection_without_gradient_on_batch_statistics():

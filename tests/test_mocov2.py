@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_images, tiny_config
-from psl_keras import stages
-from psl_keras.backbones import backbone_blocks, build_backbone
+from conftest import synthetic_images, tiny_config, two_view_stage
 from psl_keras.data import ImageSource
 from psl_keras.errors import PSLError
-from psl_keras.tasks import build_task
 from psl_keras.tasks.mocov2 import info_nce
 from psl_keras.training.trainer import Trainer
 
@@ -34,20 +31,8 @@ def test_info_nce_equals_numpy():
 
 
 def moco_stage(batch=8, queue_size=32, momentum=0.9, stage_index=1):
-    keras.utils.set_random_seed(0)
-    task = build_task("mocov2", 32, head_hidden=16, options={"queue_size": queue_size, "momentum": momentum,
-                                                              "shuffle_groups": 2})
-    blocks = backbone_blocks(build_backbone("resnet18", 32, width=0.125))
-    stage = stages.stage_plan("psl", 3)[stage_index]
-    head = task.build_head(stage.level, blocks[stage.last_block - 1].output.shape[-1], name="g")
-    model = stages.StageModel(blocks, stage, head, task, batch, weight_decay=1e-4)
-    model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
-    images = synthetic_images(batch)
-    examples = [task.preprocess(tf.constant(im), tf.constant([3, i], tf.int64), stage.level)
-                for i, im in enumerate(images)]
-    inputs = tf.nest.map_structure(lambda *t: tf.stack(t), *[e[0] for e in examples])
-    views, labels = task.batch_transform(stage.level)(inputs, tf.stack([e[1] for e in examples]))
-    return task, model, (views, labels)
+    return two_view_stage("mocov2", {"queue_size": queue_size, "momentum": momentum, "shuffle_groups": 2}, batch,
+                          stage_index)
 
 
 def test_key_encoder_gets_no_gradient_and_follows_the_momentum_rule():
