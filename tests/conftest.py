@@ -71,3 +71,18 @@ def two_view_stage(task_name, options, batch=8, stage_index=1, head_name="g"):
     inputs = tf.nest.map_structure(lambda *t: tf.stack(t), *[e[0] for e in examples])
     views, labels = task.batch_transform(stage.level)(inputs, tf.stack([e[1] for e in examples]))
     return task, model, (views, labels)
+
+
+def interrupt_after_batches(count):
+    """A callback that stops training like Ctrl-C after `count` training batches (of the whole run)."""
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        seen = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen += 1
+            if self.seen == count:
+                raise KeyboardInterrupt
+
+    return Interrupt()

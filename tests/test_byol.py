@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_images, tiny_config, two_view_stage
+from conftest import interrupt_after_batches, synthetic_images, tiny_config, two_view_stage
 from psl_keras.data import ImageSource
 from psl_keras.tasks.byol import byol_loss
 from psl_keras.training.trainer import Trainer
@@ -81,17 +81,9 @@ def test_byol_trains_every_stage_and_resumes_to_the_same_target(tmp_path):
     summary = straight.train()
     assert np.isfinite(summary["stages"][0]["final_loss"])
 
-    class Interrupt(keras.callbacks.Callback):
-        seen = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            Interrupt.seen += 1
-            if Interrupt.seen == 4:  # inside the second epoch
-                raise KeyboardInterrupt
-
     config = tiny_config(tmp_path / "b", **overrides)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config, source=source, callbacks=[Interrupt()], verbose=0).train()
+        Trainer(config, source=source, callbacks=[interrupt_after_batches(4)], verbose=0).train()  # in epoch 2
     keep_resumed = Keep()
     Trainer(config, resume=True, source=source, callbacks=[keep_resumed], verbose=0).train()
     for a, b in zip(straight.backbone.weights, keras.saving.load_model(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_images, tiny_config, two_view_stage
+from conftest import interrupt_after_batches, synthetic_images, tiny_config, two_view_stage
 from psl_keras.data import ImageSource
 from psl_keras.errors import PSLError
 from psl_keras.tasks.mocov2 import info_nce
@@ -160,17 +160,9 @@ def test_moco_run_interrupted_mid_stage_resumes_to_the_same_weights_and_queue(tm
     straight = Trainer(tiny_config(tmp_path / "a", **overrides), source=source, callbacks=[keep_straight], verbose=0)
     straight.train()
 
-    class Interrupt(keras.callbacks.Callback):
-        seen = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            Interrupt.seen += 1
-            if Interrupt.seen == 4:  # inside the second epoch
-                raise KeyboardInterrupt
-
     config = tiny_config(tmp_path / "b", **overrides)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config, source=source, callbacks=[Interrupt()], verbose=0).train()
+        Trainer(config, source=source, callbacks=[interrupt_after_batches(4)], verbose=0).train()  # in epoch 2
     with open(os.path.join(config.output_dir, "state.json")) as f:
         state = json.load(f)
     assert (state["stage"], state["epoch"], state["step"]) == (1, 1, 1)
