@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from psl_keras.data import augment  # noqa: E402
+from psl_keras.data import augment, transforms  # noqa: E402
 from psl_keras.tasks import build_task  # noqa: E402
 
 STRENGTH = {224: 1.0, 32: 0.5}
@@ -91,7 +91,7 @@ def keras_cv_sobel():
 
     class Sobel(keras_cv.layers.BaseImageAugmentationLayer):
         def augment_image(self, image, transformation=None, **kwargs):
-            return augment.sobel_magnitude(image[tf.newaxis])[0]
+            return transforms.sobel_magnitude(image[tf.newaxis])[0]
 
     return Sobel()
 
@@ -134,9 +134,9 @@ def plain_view(image, seed, size, level, strength):
     if level >= 3:
         radius = augment.blur_kernel_size(size) // 2
         sigma = 0.1 + 1.9 * u(8)
-        image = tf.cond(u(9) < 0.5, lambda: augment.gaussian_blur(image[tf.newaxis], sigma[tf.newaxis], radius)[0],
+        image = tf.cond(u(9) < 0.5, lambda: transforms.gaussian_blur(image[tf.newaxis], sigma[tf.newaxis], radius)[0],
                         lambda: image)
-        image = tf.cond(u(10) < 0.2, lambda: augment.sobel_magnitude(image[tf.newaxis])[0], lambda: image)
+        image = tf.cond(u(10) < 0.2, lambda: transforms.sobel_magnitude(image[tf.newaxis])[0], lambda: image)
     return image
 
 

@@ -14,6 +14,15 @@ from psl_keras.tasks import jigsaw
 from conftest import synthetic_images
 
 
+def raw_puzzle(task, image, seed, level=3):
+    """(the puzzle before the per-tile changes and normalisation, its label): the grid tiles in puzzle order."""
+    image = np.asarray(image)
+    params = task.sample(tf.constant(seed, tf.int64), level, image.shape[:2])
+    tiles = task.tiles(tf.constant(image)[None], tf.nest.map_structure(lambda p: p[None], params))[0].numpy()
+    label = int(params["label"])
+    return tiles[task.level_permutations(level)[label]], label
+
+
 @pytest.fixture(scope="module")
 def paper_sets(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("perm_cache"))
@@ -49,13 +58,16 @@ def test_puzzle_decodes_back_to_the_crop_with_its_label(tmp_path, monkeypatch):
     task = build_task("jigsaw", 32, options={"set_sizes": "5,10,20", "crop_size": 96, "tile_size": 32})
     task.resize_shorter = 96
     image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    for i in range(6):
-        puzzle, label = task.make_puzzle(tf.constant(image), tf.constant([4, i], tf.int64), 3, normalize=False)
-        permutation = task.level_permutations(3)[int(label)]
-        tiles = np.empty_like(puzzle.numpy())
-        tiles[permutation] = puzzle.numpy()  # position k shows grid tile permutation[k]
+    orientations = []
+    for i in range(8):
+        puzzle, label = raw_puzzle(task, image, [4, i])
+        permutation = task.level_permutations(3)[label]
+        tiles = np.empty_like(puzzle)
+        tiles[permutation] = puzzle  # position k shows grid tile permutation[k]
         decoded = np.round(jigsaw.assemble_tiles(tiles) * 255).astype(np.uint8)
-        assert np.array_equal(decoded, image) or np.array_equal(decoded, image[:, ::-1])
+        orientations.append("upright" if np.array_equal(decoded, image) else
+                            "mirrored" if np.array_equal(decoded, image[:, ::-1]) else "neither")
+    assert set(orientations) == {"upright", "mirrored"}, orientations  # crops are flipped, some of them
 
 
 def test_preprocess_shapes_labels_and_tile_normalisation(tmp_path, monkeypatch):
@@ -68,7 +80,7 @@ def test_preprocess_shapes_labels_and_tile_normalisation(tmp_path, monkeypatch):
     assert (standard.crop_size, standard.cell_size, standard.tile_size, standard.resize_shorter) == (96, 32, 27, 109)
     image = tf.constant(synthetic_images(1, seed=3)[0])
     labels = set()
-    for i in range(40):
+    for i in range(80):  # every one of the 10 labels appears (each misses 80 draws with probability 2e-4)
         puzzle, label = task.preprocess(image, tf.constant([0, i], tf.int64), 2)
         assert puzzle.shape == (9, 27, 27, 3)
         labels.add(int(label))
@@ -156,11 +168,11 @@ def test_tiles_sit_at_random_positions_inside_their_own_cells(tmp_path, monkeypa
     monkeypatch.setenv("PSL_KERAS_CACHE", str(tmp_path))
     task = build_task("jigsaw", 32, options={"set_sizes": "5,10,20", "crop_size": 96, "tile_size": 24})
     task.resize_shorter = 96  # the crop is the whole image: tile coordinates are crop coordinates
-    image = tf.constant(_coordinate_image(96))
+    image = _coordinate_image(96)
     offsets = set()
     for i in range(12):
-        puzzle, label = task.make_puzzle(image, tf.constant([8, i], tf.int64), 3, normalize=False)
-        tiles = np.round(puzzle.numpy() * 255).astype(int)
+        puzzle, label = raw_puzzle(task, image, [8, i])
+        tiles = np.round(puzzle * 255).astype(int)
         permutation = task.level_permutations(3)[int(label)]
         for position, cell in enumerate(permutation):  # puzzle slot `position` shows grid cell `cell`
             row, col = divmod(int(cell), 3)

@@ -1,11 +1,13 @@
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from psl_keras.tasks import build_task
-from psl_keras.tasks.rotation import apply_transform, rotation_angles, rotation_crop_transform
+from psl_keras.data import transforms
+from psl_keras.tasks.rotation import rotation_angles, rotation_transform
 
 from conftest import synthetic_images
 
@@ -19,41 +21,44 @@ def test_levels_are_nested_multiples():
     assert [task.num_classes(level) for level in (1, 2, 3)] == [2, 4, 8]
 
 
+def rotate_one(task, image, label, level, flip, offset=(0.0, 0.0)):
+    """The task's rotation of one image (uint8 or float [H, W, 3]) with chosen label, flip and crop offset."""
+    return task.rotate(tf.constant(image)[None], tf.constant([label]), level, tf.constant([flip]),
+                       tf.constant([offset], tf.float32))[0].numpy()
+
+
 def test_transform_rotates_counter_clockwise_like_rot90_and_flips():
-    image = np.random.default_rng(0).uniform(size=(9, 9, 3)).astype("float32")
+    image = np.random.default_rng(0).uniform(size=(1, 9, 9, 3)).astype("float32")
+
+    def resample(angle, flip):
+        transform = rotation_transform(tf.constant([angle]), tf.constant([flip]), 9.0, tf.zeros([1, 2]), (9, 9), 9)
+        return keras.ops.image.affine_transform(tf.constant(image), transform, fill_mode="constant").numpy()[0]
+
     for quarter_turns in range(4):
-        angle = tf.constant(quarter_turns * math.pi / 2)
-        t = rotation_crop_transform(angle, 9.0, 9.0, 9.0, tf.constant(9.0), tf.zeros(2), tf.constant(0.0))
-        out = apply_transform(image, t, 9, fill_mode="CONSTANT").numpy()
-        np.testing.assert_allclose(out, np.rot90(image, quarter_turns), atol=1e-5)
-    t = rotation_crop_transform(tf.constant(0.0), 9.0, 9.0, 9.0, tf.constant(9.0), tf.zeros(2), tf.constant(1.0))
-    np.testing.assert_allclose(apply_transform(image, t, 9, fill_mode="CONSTANT").numpy(), image[:, ::-1])
+        np.testing.assert_allclose(resample(quarter_turns * math.pi / 2, 0.0), np.rot90(image[0], quarter_turns),
+                                   atol=1e-5)
+    np.testing.assert_allclose(resample(0.0, 1.0), image[0, :, ::-1])
 
 
 @pytest.mark.parametrize("image_size,source", [(32, (32, 32)), (64, (80, 120))])
 def test_no_padded_corners_for_any_angle(image_size, source):
-    """Every output pixel comes from inside the image: with zero fill, a white image stays white."""
+    """Every output pixel is read from inside the image (bilinear neighbours included), never from the fill."""
     task = build_task("rotation", image_size, options={"crop_fraction": 0.9 if image_size == 64 else 0})
-    white = tf.ones(source + (3,), tf.float32)
+    h, w = transforms.scaled_shape(source, task.resize_shorter) if task.resize_shorter else source
+    inscribed = min(h, w) / math.sqrt(2)
+    window = inscribed * task.crop_fraction
     rng = np.random.default_rng(0)
     for label in range(8):
-        for _ in range(4):  # random crop positions and flips
-            image = white
-            if task.resize_shorter:
-                from psl_keras.tasks.rotation import resize_shorter_side
-                image = resize_shorter_side(image, task.resize_shorter)
-            h, w = image.shape[0], image.shape[1]
-            inscribed = min(h, w) / math.sqrt(2)
-            window = inscribed * task.crop_fraction
-            offset = rng.uniform(-1, 1, 2) * (inscribed - window) / 2
-            t = rotation_crop_transform(
-                tf.constant(label * math.pi / 4), float(h), float(w), float(image_size),
-                tf.constant(window, tf.float32), tf.constant(offset, tf.float32),
-                tf.constant(float(rng.integers(2))),
-            )
-            out = apply_transform(image, t, image_size, fill_mode="CONSTANT").numpy()
-            assert out.shape == (image_size, image_size, 3)
-            assert out.min() > 0.99, f"label {label}: a pixel was sampled outside the image"
+        offsets = np.concatenate([[[-1, -1], [1, 1], [-1, 1], [1, -1]], rng.uniform(-1, 1, (4, 2))])
+        offsets = offsets * (inscribed - window) / 2
+        transform = rotation_transform(tf.fill([8], label * math.pi / 4), tf.constant([0.0, 1.0] * 4), window,
+                                       tf.constant(offsets, tf.float32), (h, w), image_size).numpy()
+        # The map is affine: the output's corners bound where it reads.
+        u, v = np.meshgrid([0, image_size - 1], [0, image_size - 1])
+        xs = transform[:, 0, None, None] * u + transform[:, 1, None, None] * v + transform[:, 2, None, None]
+        ys = transform[:, 3, None, None] * u + transform[:, 4, None, None] * v + transform[:, 5, None, None]
+        assert ys.min() >= 0 and ys.max() <= h - 1, f"label {label}"
+        assert xs.min() >= 0 and xs.max() <= w - 1, f"label {label}"
 
 
 def test_preprocess_outputs_every_label_in_range_and_is_deterministic():
@@ -75,11 +80,11 @@ def test_preprocess_outputs_every_label_in_range_and_is_deterministic():
 def test_label_is_the_rotation_applied():
     """Un-rotating the output by its label's angle gives back the un-rotated view of the same crop."""
     task = build_task("rotation", 32)
-    image = tf.image.convert_image_dtype(tf.constant(synthetic_images(1, seed=5)[0]), tf.float32)
-    zero = task.rotate(image, 0, 2, 0, tf.zeros(2))
+    image = synthetic_images(1, seed=5)[0]
+    zero = rotate_one(task, image, 0, 2, 0)
     for label in range(4):
-        rotated = task.rotate(image, label, 2, 0, tf.zeros(2)).numpy()
-        np.testing.assert_allclose(np.rot90(rotated, -label), zero.numpy(), atol=2e-3)
+        rotated = rotate_one(task, image, label, 2, 0)
+        np.testing.assert_allclose(np.rot90(rotated, -label), zero, atol=2e-3)
 
 
 def _disc_image(side, radius):
@@ -113,8 +118,7 @@ def test_preprocessing_label_is_the_angle_applied(level):
     image (flipped or not); for 45-degree labels, the view equals the same crop rotated by that angle."""
     task = build_task("rotation", 32)
     image = tf.constant(synthetic_images(1, seed=7)[0])
-    as_float = tf.image.convert_image_dtype(image, tf.float32)
-    upright = [task.rotate(as_float, 0, level, flip, tf.zeros(2)).numpy() for flip in (0, 1)]
+    upright = [rotate_one(task, image, 0, level, flip) for flip in (0, 1)]
     labels = set()
     for i in range(40):
         out, label = task.preprocess(image, tf.constant([5, i], tf.int64), level)
@@ -125,24 +129,6 @@ def test_preprocessing_label_is_the_angle_applied(level):
             back = np.rot90(out, -int(angle // 90))
             assert min(np.abs(back - u).max() for u in upright) < 2e-3, (level, label)
         else:
-            views = [np.clip(task.rotate(as_float, label, level, flip, tf.zeros(2)).numpy(), 0, 1)
-                     for flip in (0, 1)]
+            views = [rotate_one(task, image, label, level, flip) for flip in (0, 1)]
             assert min(np.abs(out - v).max() for v in views) < 1e-5, (level, label)
     assert labels == set(range(task.num_classes(level)))
-
-
-def test_batch_rotate_matches_the_per_example_pipeline():
-    # The keras.ops batch path (Keras on JAX feeds it from device memory) has the tf.data path's geometry.
-    from conftest import synthetic_images
-
-    images = synthetic_images(8, 32, seed=1)
-    rng = np.random.default_rng(0)
-    for resample in ("bilinear", "smooth"):
-        task = build_task("rotation", 32, options={"resample": resample})
-        for level in (1, 2, 3):
-            labels, flips = rng.integers(0, task.num_classes(level), 8), rng.integers(0, 2, 8)
-            offsets = rng.uniform(-1, 1, (8, 2)).astype("float32")
-            batch = np.asarray(task.batch_rotate(images, labels, level, flips, offsets))
-            single = [np.clip(task.rotate(tf.image.convert_image_dtype(images[i], tf.float32), labels[i], level,
-                                          flips[i], tf.constant(offsets[i])), 0, 1) for i in range(8)]
-            assert np.abs(batch - np.stack(single)).max() < 1e-5

@@ -1,327 +1,224 @@
-"""Augmentation ladders T1 ⊆ T2 ⊆ T3 for the contrastive tasks (PSL §3.3.3).
+"""Augmentation ladders T1 ⊆ T2 ⊆ T3 for the contrastive tasks (PSL §3.3.3), in `keras.ops`.
 
-A ladder is a list of levels; a level is a list of augmentation layers, and each level starts with the whole
-previous one (checked), so T1 ⊆ T2 ⊆ T3 holds by construction. Any Keras or keras-cv augmentation layer may
-sit in a ladder next to the layers below.
+A ladder is a crop (T1) and, for each level, the batch steps on top of it; each level starts with every step of
+the level below (checked), so T1 ⊆ T2 ⊆ T3 holds by construction. A step draws its random choices for one view
+from uniforms (`sample`) and applies them to a batch of views (`apply`). The same code runs inside tf.data under
+TensorFlow and on the accelerator under Keras on JAX (`psl_keras.data.transforms`):
+- `sample`: every random choice of a view, from the example's own seed (per example, resumable);
+- `crop`: the random resized crop and flip, per example on an image of any size (tf.data) or on a batch;
+- `augment`: colour jitter, grayscale, blur and Sobel on the batch of views, each only where it was drawn.
+Other Keras augmentation layers may sit in a level next to these; their randomness is their own generator's,
+so a run that uses them repeats exactly only if it is never resumed.
 
-How a level runs (fast, and repeatable to the image):
-- Every random choice is made per image, from that image's own stateless seed, in the tf.data map that
-  handles one example. A resumed run re-creates each example from its seed and so sees the views an
-  unbroken run would.
-- Per example (`apply_one`): `RandomResizedCrop` (images differ in size; it brings every view to the
-  training size) and `RandomColorJitter` (tf.image's fused colour kernels take one factor per call, which is
-  what one image needs).
-- Per batch (`augment`, with the parameters `sample` drew per example): grayscale (keras-cv's `Grayscale`),
-  Gaussian blur with a per-image sigma (one depthwise convolution for all picked images) and Sobel
-  filtering, each only on the images its probability picked.
-
-Why not keras-cv end to end (measured in `benchmarks/augmentation.py`): its `RandomApply` runs `map_fn`
-image by image, `RandomCropAndResize` falls back to while-loops, its layers draw from a stateful generator
-(not resumable), its per-image colour factors go through unfused HSV round trips (keras-cv's four colour
-layers fed with our factors on the batch were 2.6x slower at 224 px than tf.image per example), Keras
-core's `RandomGaussianBlur` draws one sigma per batch, and neither library has a Sobel layer.
-
-Images are float32 in [0, 1] after the crop.
+Why not keras-cv or Keras' own layers (measured in `benchmarks/augmentation.py`): their random choices come from
+a stateful generator per batch (not one seed per example), keras-cv's `RandomApply` runs image by image and its
+`RandomCropAndResize` falls back to while-loops, Keras' `RandomGaussianBlur` draws one sigma per batch, and
+neither has SimCLR's random-order colour jitter or a Sobel step.
 """
 
-import keras
+from keras import ops
 
-from psl_keras.lazy import tf
+from psl_keras.data import transforms
 
-_INT32_MAX = 2**31 - 1
-
-
-def where_selected(fn, images, selected, *params):
-    """`fn(images[selected], *params[selected])` written back into `images`; the others stay as they are.
-
-    Costs only the selected images (a gather and a scatter), unlike `tf.where` over two full results.
-    """
-    index = tf.where(selected)
-    picked = [tf.gather_nd(p, index) for p in params]
-    subset = tf.gather_nd(images, index)
-    # Some operations (a reflecting pad over zero images) fail on an empty batch: skip them then.
-    changed = tf.cond(tf.shape(index)[0] > 0, lambda: tf.cast(fn(subset, *picked), images.dtype), lambda: subset)
-    return tf.tensor_scatter_nd_update(images, index, changed)
+ATTEMPTS, MIN_COVERED = 100, 0.1  # tf.image.sample_distorted_bounding_box's settings in SimCLR
 
 
-def gaussian_blur(images, sigma, radius):
-    """Blurs images [N, H, W, 3] with per-image Gaussians of std `sigma` [N] and a (2 radius + 1)-tap kernel.
+class Step:
+    """One batch step of a ladder, applied with probability `rate`."""
 
-    One separable depthwise convolution for the whole batch: the batch is folded into the channels so that
-    each image gets its own kernel. Borders are reflected, so edges do not darken.
-    """
-    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernels = tf.exp(-tf.square(offsets)[tf.newaxis] / (2.0 * tf.square(sigma)[:, tf.newaxis]))
-    kernels = kernels / tf.reduce_sum(kernels, axis=1, keepdims=True)  # [N, 2r+1]
-    count, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, height, width, count * 3])
-    folded = tf.pad(folded, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    per_channel = tf.transpose(tf.repeat(kernels, 3, axis=0))  # [2r+1, N*3]
-    folded = tf.nn.depthwise_conv2d(folded, per_channel[:, tf.newaxis, :, tf.newaxis], [1, 1, 1, 1], "VALID")
-    folded = tf.nn.depthwise_conv2d(folded, per_channel[tf.newaxis, :, :, tf.newaxis], [1, 1, 1, 1], "VALID")
-    return tf.transpose(tf.reshape(folded, [height, width, count, 3]), [2, 0, 1, 3])
+    uniforms = 1  # how many uniforms `sample` takes
+
+    def __init__(self, rate):
+        self.rate = float(rate)
+
+    def sample(self, u):
+        return {"apply": u[0] < self.rate}
+
+    def apply(self, images, params):
+        return transforms.apply_where(self.transform, images, params["apply"], params)
 
 
-def sobel_magnitude(images):
-    """The Sobel gradient magnitude of the luma, |G| / 4 clipped to [0, 1] (each Sobel kernel's positive taps
-    sum to 4, so a full-range step edge maps to 1), in all three channels; borders reflected."""
-    edges = tf.image.sobel_edges(tf.image.rgb_to_grayscale(images))  # [N, H, W, 1, 2]
-    magnitude = tf.sqrt(tf.reduce_sum(tf.square(edges), axis=-1) + 1e-12) / 4.0
-    return tf.tile(tf.clip_by_value(magnitude, 0.0, 1.0), [1, 1, 1, 3])
-
-
-class LadderLayer(keras.layers.Layer):
-    """A ladder step: `sample(seed)` draws one image's parameters (stateless), `augment(images, params)`
-    transforms a batch with per-image parameters. Called on its own, like any Keras augmentation layer,
-    it draws per-image seeds from its own seed."""
-
-    # True: `apply_one(image, seed)` runs in the per-example step (the crop, on an image of any size, and the
-    # colour jitter); else `sample` per example and `augment` per batch.
-    per_example = False
-
-    def __init__(self, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def sample(self, seed):
-        """A dict of this image's parameters (scalars or small vectors) from a shape-[2] integer seed."""
-        return {}
-
-    def augment(self, images, params):
-        raise NotImplementedError
-
-    def call(self, images, training=True):
-        if not training:
-            return images
-        images = tf.convert_to_tensor(images, tf.float32)
-        count = tf.shape(images)[0]
-        base = tf.cast(keras.random.randint([2], 0, _INT32_MAX, seed=self.seed_generator), tf.int64)
-        seeds = tf.random.stateless_uniform([count, 2], base, maxval=_INT32_MAX, dtype=tf.int64)
-        if self.per_example:
-            return tf.map_fn(lambda args: self.apply_one(*args), (images, seeds), fn_output_signature=tf.float32)
-        return self.augment(images, tf.vectorized_map(self.sample, seeds))
-
-    def get_config(self):
-        return {**super().get_config(), "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package="psl_keras")
-class RandomResizedCrop(LadderLayer):
+class RandomResizedCrop:
     """Random crop of `area` (fraction of the image) and `aspect_ratio`, resized to `size`, flipped with
-    probability `flip`. SimCLR's `distorted_bounding_box_crop` geometry (area 0.08-1, aspect 3/4-4/3, at
-    least 10% of the image covered, 100 attempts, else the whole image), bilinear resize."""
+    probability `flip`: SimCLR's `distorted_bounding_box_crop` geometry (at least 10% of the image covered,
+    100 attempts, else the whole image), bilinear resize."""
 
-    per_example = True
+    uniforms = 2 * ATTEMPTS + 3
 
-    def __init__(self, size, area=(0.08, 1.0), aspect_ratio=(3 / 4, 4 / 3), flip=0.5, seed=None, **kwargs):
-        super().__init__(seed=seed, **kwargs)
+    def __init__(self, size, area=(0.08, 1.0), aspect_ratio=(3 / 4, 4 / 3), flip=0.5):
         self.size = int(size)
         self.area = tuple(float(a) for a in area)
         self.aspect_ratio = tuple(float(a) for a in aspect_ratio)
         self.flip = float(flip)
 
-    def apply_one(self, image, seed):
-        """One view: uint8 (or [0, 1] float) image [H, W, 3] of any size -> float32 [size, size, 3] in [0, 1]."""
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
-        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_seed, min_object_covered=0.1,
-            aspect_ratio_range=self.aspect_ratio, area_range=self.area, max_attempts=100,
-            use_image_if_no_bounding_boxes=True,
-        )
-        # Slice, then resize only the crop (measured faster here than one crop_and_resize of the whole image),
-        # and scale to [0, 1] after the resize, on the small output.
-        view = tf.image.resize(tf.slice(image, begin, extent), [self.size, self.size])
-        view = view / 255.0 if image.dtype == tf.uint8 else view
-        flipped = tf.random.stateless_uniform([], flip_seed) < self.flip
-        return tf.cond(flipped, lambda: tf.reverse(view, [1]), lambda: view)
+    def sample(self, u, image_shape):
+        """{"box": (y, x, h, w) int32, "flip"} of one view of an image of `image_shape` (height, width).
 
-    def get_config(self):
-        return {**super().get_config(), "size": self.size, "area": self.area, "aspect_ratio": self.aspect_ratio,
-                "flip": self.flip}
+        tf.image.sample_distorted_bounding_box's draw with the whole image as the object, every attempt at once:
+        an aspect ratio, then a height uniform between those of the smallest and largest area, the width from
+        the aspect; the first attempt whose area is in range and covers MIN_COVERED wins, else the whole image."""
+        height, width = (ops.cast(side, "float32") for side in image_shape)
+        aspect = self.aspect_ratio[0] + u[:ATTEMPTS] * (self.aspect_ratio[1] - self.aspect_ratio[0])
+        min_area, max_area = self.area[0] * height * width, self.area[1] * height * width
+        low, high = ops.round(ops.sqrt(min_area / aspect)), ops.round(ops.sqrt(max_area / aspect))
+        too_wide = ops.round(high * aspect) > width
+        high = ops.where(too_wide, ops.floor((width + 0.5 - 1e-7) / aspect), high)
+        high = ops.where(too_wide & (ops.round(high * aspect) > width), high - 1, high)
+        high = ops.minimum(high, height)
+        low = ops.minimum(low, high)
+        h = low + ops.floor(u[ATTEMPTS:2 * ATTEMPTS] * (high - low + 1))
+        h = ops.where(ops.round(h * aspect) * h < min_area, h + 1, h)
+        h = ops.where(ops.round(h * aspect) * h > max_area, h - 1, h)
+        w = ops.round(h * aspect)
+        fits = ((w * h >= min_area) & (w * h <= max_area) & (w <= width) & (h <= height) & (w > 0) & (h > 0)
+                & (w * h >= MIN_COVERED * height * width))
+        first = ops.argmax(ops.cast(fits, "int32"))
+        found = ops.any(fits)
+        h = ops.where(found, ops.take(h, first), height)
+        w = ops.where(found, ops.take(w, first), width)
+        # The corner is uniform over [0, side - box), as there (the last position is never drawn).
+        y = ops.floor(u[2 * ATTEMPTS] * ops.maximum(height - h, 0.0))
+        x = ops.floor(u[2 * ATTEMPTS + 1] * ops.maximum(width - w, 0.0))
+        return {"box": ops.cast(ops.stack([y, x, h, w]), "int32"), "flip": u[2 * ATTEMPTS + 2] < self.flip}
+
+    def apply(self, images, params):
+        """uint8 images [B, H, W, 3] -> float32 views [B, size, size, 3] in [0, 1]."""
+        return transforms.crop_resize(transforms.to_float(images), params["box"], params["flip"], self.size)
 
 
-@keras.saving.register_keras_serializable(package="psl_keras")
-class RandomColorJitter(LadderLayer):
+class RandomColorJitter(Step):
     """SimCLR's colour distortion of strength `strength`, applied with probability `rate`: brightness
-    ±0.8s (additive), contrast and saturation x[1-0.8s, 1+0.8s], hue ±0.2s, in a random order per image,
-    each followed by a clip to [0, 1] (SimCLR's `color_jitter_rand`).
+    ±0.8s (additive), contrast and saturation x[1-0.8s, 1+0.8s], hue ±0.2s, in a random order per view,
+    each followed by a clip to [0, 1] (SimCLR's `color_jitter_rand`)."""
 
-    Per example, with tf.image's fused kernels: batched per-image factors need keras-cv's unfused HSV round
-    trips, measured 2.6x slower at 224 px (benchmarks/augmentation.py)."""
+    uniforms = 9
 
-    per_example = True
-
-    def __init__(self, strength=1.0, rate=0.8, seed=None, **kwargs):
-        super().__init__(seed=seed, **kwargs)
+    def __init__(self, strength=1.0, rate=0.8):
+        super().__init__(rate)
         self.strength = float(strength)
-        self.rate = float(rate)
 
-    def sample(self, seed):
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 6)
-        s = 0.8 * self.strength
-        uniform = lambda i, low, high: tf.random.stateless_uniform([], seeds[i], low, high)  # noqa: E731
-        return {
-            "apply": tf.random.stateless_uniform([], seeds[0]) < self.rate,
-            "brightness": uniform(1, -s, s),
-            "contrast": uniform(2, max(1.0 - s, 0.0), 1.0 + s),
-            "saturation": uniform(3, max(1.0 - s, 0.0), 1.0 + s),
-            "hue": uniform(4, -0.2 * self.strength, 0.2 * self.strength),
-            "order": tf.cast(tf.argsort(tf.random.stateless_uniform([4], seeds[5])), tf.int32),
-        }
+    def sample(self, u):
+        s, low = 0.8 * self.strength, max(1.0 - 0.8 * self.strength, 0.0)
+        return {"apply": u[0] < self.rate, "brightness": -s + 2 * s * u[1], "contrast": low + (1 + s - low) * u[2],
+                "saturation": low + (1 + s - low) * u[3], "hue": 0.2 * self.strength * (2 * u[4] - 1),
+                "order": ops.cast(ops.argsort(u[5:9]), "int32")}
 
-    def jitter(self, image, params):
-        """The four operations on one image [H, W, 3] in [0, 1], in `params["order"]`."""
-        operations = [
-            lambda x: tf.image.adjust_brightness(x, params["brightness"]),
-            lambda x: tf.image.adjust_contrast(x, params["contrast"]),
-            lambda x: tf.image.adjust_saturation(x, params["saturation"]),
-            lambda x: tf.image.adjust_hue(x, params["hue"]),
-        ]
+    def transform(self, images, params):
+        # Each view runs the operation its order names at each position: brightness (0) or contrast (1), one
+        # affine map per view, or saturation (2) or hue (3), one HSV round trip; the other factors neutral.
+        def pick(operation, name, k, neutral):
+            return ops.where(operation == k, ops.cast(params[name], "float32"), neutral)
+
         for position in range(4):
-            image = tf.switch_case(params["order"][position],
-                                   [lambda op=op: tf.clip_by_value(op(image), 0.0, 1.0) for op in operations])
-        return image
-
-    def apply_one(self, image, seed):
-        params = self.sample(seed)
-        return tf.cond(params["apply"], lambda: self.jitter(image, params), lambda: image)
-
-    def get_config(self):
-        return {**super().get_config(), "strength": self.strength, "rate": self.rate}
+            operation = params["order"][:, position]
+            factors = {"brightness": pick(operation, "brightness", 0, 0.0),
+                       "contrast": pick(operation, "contrast", 1, 1.0),
+                       "saturation": pick(operation, "saturation", 2, 1.0), "hue": pick(operation, "hue", 3, 0.0)}
+            images = transforms.apply_where(_affine, images, operation < 2, factors)
+            images = transforms.apply_where(_hsv, images, operation >= 2, factors)
+        return images
 
 
-@keras.saving.register_keras_serializable(package="psl_keras")
-class RandomGrayscale(LadderLayer):
-    """Grayscale (keras-cv's `Grayscale`, three equal channels) with probability `rate` (SimCLR: 0.2)."""
-
-    def __init__(self, rate=0.2, seed=None, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        import keras_cv
-
-        self.rate = float(rate)
-        self.grayscale = keras_cv.layers.Grayscale(output_channels=3)
-
-    def sample(self, seed):
-        return {"apply": tf.random.stateless_uniform([], tf.cast(seed, tf.int64)) < self.rate}
-
-    def augment(self, images, params):
-        return where_selected(lambda x: self.grayscale.augment_images(x), images, params["apply"])
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
+def _affine(images, factors):
+    mean = ops.mean(images, axis=(1, 2), keepdims=True)
+    contrast = transforms.per_image(factors["contrast"])
+    return ops.clip((images - mean) * contrast + mean + transforms.per_image(factors["brightness"]), 0.0, 1.0)
 
 
-@keras.saving.register_keras_serializable(package="psl_keras")
-class RandomGaussianBlur(LadderLayer):
-    """Gaussian blur with probability `rate` and a per-image sigma in `sigma` (pixels), SimCLR's ImageNet
-    setting: p 0.5, sigma 0.1-2.0, a kernel of about `kernel_fraction` = 10% of the image side (odd); all
-    picked images in one `gaussian_blur` call."""
+def _hsv(images, factors):
+    hsv = ops.image.rgb_to_hsv(images)
+    zero, one = ops.zeros_like(factors["hue"]), ops.ones_like(factors["hue"])
+    scale = ops.stack([one, factors["saturation"], one], axis=-1)[:, None, None, :]
+    hsv = hsv * scale + ops.stack([factors["hue"], zero, zero], axis=-1)[:, None, None, :]
+    hsv = ops.clip(hsv - ops.floor(hsv) * ops.convert_to_tensor([1.0, 0.0, 0.0]), 0.0, 1.0)  # the hue wraps
+    return ops.clip(ops.image.hsv_to_rgb(hsv), 0.0, 1.0)
 
-    def __init__(self, rate=0.5, sigma=(0.1, 2.0), kernel_fraction=0.1, seed=None, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self.rate = float(rate)
+
+class RandomGrayscale(Step):
+    """Grayscale (the luma in three equal channels) with probability `rate` (SimCLR: 0.2)."""
+
+    def transform(self, images, params):
+        return transforms.grayscale(images)
+
+
+class RandomGaussianBlur(Step):
+    """Gaussian blur with probability `rate` and a per-view sigma in `sigma` (pixels), SimCLR's ImageNet
+    setting: p 0.5, sigma 0.1-2.0, a kernel of about `kernel_fraction` = 10% of the image side (odd)."""
+
+    uniforms = 2
+
+    def __init__(self, rate=0.5, sigma=(0.1, 2.0), kernel_fraction=0.1):
+        super().__init__(rate)
         self.sigma = tuple(float(s) for s in sigma)
         self.kernel_fraction = float(kernel_fraction)
 
-    def radius(self, size):
-        return max(1, int(size * self.kernel_fraction) // 2)
+    def sample(self, u):
+        return {"apply": u[0] < self.rate, "sigma": self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[1]}
 
-    def sample(self, seed):
-        apply_seed, sigma_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
-        return {
-            "apply": tf.random.stateless_uniform([], apply_seed) < self.rate,
-            "sigma": tf.random.stateless_uniform([], sigma_seed, self.sigma[0], self.sigma[1]),
-        }
-
-    def blur(self, images, sigma):
-        return gaussian_blur(images, sigma, self.radius(images.shape[1]))
-
-    def augment(self, images, params):
-        return where_selected(self.blur, images, params["apply"], params["sigma"])
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "sigma": self.sigma,
-                "kernel_fraction": self.kernel_fraction}
+    def transform(self, images, params):
+        return transforms.gaussian_blur(images, params["sigma"], blur_kernel_size(images.shape[1],
+                                                                                  self.kernel_fraction) // 2)
 
 
-@keras.saving.register_keras_serializable(package="psl_keras")
-class RandomSobel(LadderLayer):
-    """Sobel filtering (`sobel_magnitude`) with probability `rate`. Neither keras-cv nor Keras has it."""
+class RandomSobel(Step):
+    """Sobel filtering (`transforms.sobel_magnitude`) with probability `rate`."""
 
-    def __init__(self, rate=0.2, seed=None, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self.rate = float(rate)
-
-    def sample(self, seed):
-        return {"apply": tf.random.stateless_uniform([], tf.cast(seed, tf.int64)) < self.rate}
-
-    def augment(self, images, params):
-        return where_selected(sobel_magnitude, images, params["apply"])
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}
+    def transform(self, images, params):
+        return transforms.sobel_magnitude(images)
 
 
 class AugmentationLadder:
-    """Nested levels of augmentation layers: level k (1-based) is `levels[k - 1]`, each a prefix of the next.
+    """A crop and nested levels of batch steps: level k (1-based) is the crop, then `levels[k - 1]`, each
+    level a prefix of the next."""
 
-    A level runs as `sample` (per example: the per-example layers at its head, then every `LadderLayer`'s
-    parameters from the example's seed) and `augment` (per batch). Other Keras / keras-cv augmentation
-    layers run on the batch as they are; their randomness is their own generator's, so a run that uses
-    them repeats exactly only if it is never resumed.
-    """
-
-    def __init__(self, levels, size):
+    def __init__(self, crop, levels):
+        self.crop_step = crop
         self.levels = [list(level) for level in levels]
-        self.size = int(size)
         for lower, upper in zip(self.levels, self.levels[1:]):
             if len(upper) < len(lower) or any(a is not b for a, b in zip(lower, upper)):
-                raise ValueError("Each ladder level must start with every layer of the level below (T1 ⊆ T2 ⊆ T3).")
-        for level in self.levels:
-            flags = [getattr(layer, "per_example", False) for layer in level]
-            if any(flags[i] and not flags[i - 1] for i in range(1, len(flags))):
-                raise ValueError("Per-example layers (crop, colour jitter) must come first in a ladder level.")
+                raise ValueError("Each ladder level must start with every step of the level below (T1 ⊆ T2 ⊆ T3).")
+
+    @property
+    def size(self):
+        return self.crop_step.size
 
     @property
     def num_levels(self):
         return len(self.levels)
 
     def level(self, level):
-        return self.levels[level - 1]
+        return [self.crop_step] + self.levels[level - 1]
 
-    def sample(self, image, seed, level):
-        """One view of one image: (float32 [size, size, 3] after the per-example layers, the batch layers'
-        parameters) — all drawn from `seed`."""
-        layers = self.level(level)
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), max(len(layers), 1))
-        params = {}
-        if not (layers and getattr(layers[0], "per_example", False)):  # no crop in this level: resize
-            image = tf.image.convert_image_dtype(image, tf.float32) if image.dtype == tf.uint8 else image
-            image = tf.image.resize(image, [self.size, self.size], antialias=True)
-        for i, layer in enumerate(layers):
-            if getattr(layer, "per_example", False):
-                image = layer.apply_one(image, seeds[i])
-            elif isinstance(layer, LadderLayer):
-                params[str(i)] = layer.sample(seeds[i])
-        return tf.clip_by_value(tf.ensure_shape(image, [self.size, self.size, 3]), 0.0, 1.0), params
+    def uniforms(self, level):
+        """How many uniforms one view's `sample` takes at `level`."""
+        return sum(getattr(step, "uniforms", 0) for step in self.level(level))
 
-    def augment(self, images, params, level):
-        """The batch step on float32 images [B, size, size, 3] and the stacked per-image parameters."""
-        for i, layer in enumerate(self.level(level)):
-            if getattr(layer, "per_example", False):
-                continue
-            if isinstance(layer, LadderLayer):
-                images = layer.augment(images, params[str(i)])
-            else:
-                images = tf.cast(layer(images, training=True), tf.float32)
-        return images
+    def sample(self, u, level, image_shape):
+        """Every random choice of one view at `level` from its uniforms `u` [uniforms(level)]."""
+        params = {"crop": self.crop_step.sample(u[:self.crop_step.uniforms], image_shape)}
+        start = self.crop_step.uniforms
+        for i, step in enumerate(self.levels[level - 1]):
+            if isinstance(step, Step):
+                params[str(i)] = step.sample(u[start:start + step.uniforms])
+                start += step.uniforms
+        return params
+
+    def crop(self, images, params):
+        """uint8 images [B, H, W, 3] -> views float32 [B, size, size, 3], cropped and flipped."""
+        return self.crop_step.apply(images, params["crop"])
+
+    def augment(self, views, params, level):
+        """The level's batch steps on views [B, size, size, 3], with the choices `sample` drew for each."""
+        for i, step in enumerate(self.levels[level - 1]):
+            views = step.apply(views, params[str(i)]) if isinstance(step, Step) else step(views, training=True)
+            views = ops.cast(views, "float32")
+        return ops.clip(views, 0.0, 1.0)
 
     def describe(self, level):
-        return " + ".join(type(layer).__name__ for layer in self.level(level))
+        return " + ".join(type(step).__name__ for step in self.level(level))
 
 
-def simclr_ladder(size, strength=1.0, crop_area=(0.08, 1.0), blur_rate=0.5, sobel_rate=0.2, seed=None):
+def simclr_ladder(size, strength=1.0, crop_area=(0.08, 1.0), blur_rate=0.5, sobel_rate=0.2):
     """PSL's contrastive ladder on SimCLR's augmentation (MoCo v2's with strength 0.5, crop area 0.2-1):
 
     T1 = random resized crop + flip (SimCLR: area 0.08-1, aspect 3/4-4/3, flip 0.5);
@@ -330,16 +227,15 @@ def simclr_ladder(size, strength=1.0, crop_area=(0.08, 1.0), blur_rate=0.5, sobe
          (p 0.2: the paper gives none; Sobel removes colour and intensity altogether, as strong as grayscale,
          so it gets grayscale's rate).
     """
-    t1 = [RandomResizedCrop(size, area=crop_area, seed=seed)]
-    t2 = t1 + [RandomColorJitter(strength, 0.8, seed=seed), RandomGrayscale(0.2, seed=seed)]
-    t3 = t2 + [RandomGaussianBlur(blur_rate, seed=seed), RandomSobel(sobel_rate, seed=seed)]
-    return AugmentationLadder([t1, t2, t3], size)
+    t2 = [RandomColorJitter(strength, 0.8), RandomGrayscale(0.2)]
+    t3 = t2 + [RandomGaussianBlur(blur_rate), RandomSobel(sobel_rate)]
+    return AugmentationLadder(RandomResizedCrop(size, area=crop_area), [[], t2, t3])
 
 
 def blur_kernel_size(size, kernel_fraction=0.1):
-    """The odd kernel side `RandomGaussianBlur` uses at image side `size` (for docs and tests)."""
+    """The odd kernel side `RandomGaussianBlur` uses at image side `size`."""
     return 2 * max(1, int(size * kernel_fraction) // 2) + 1
 
 
 __all__ = ["AugmentationLadder", "RandomColorJitter", "RandomGaussianBlur", "RandomGrayscale", "RandomResizedCrop",
-           "RandomSobel", "LadderLayer", "gaussian_blur", "sobel_magnitude", "simclr_ladder", "blur_kernel_size", "where_selected"]
+           "RandomSobel", "Step", "simclr_ladder", "blur_kernel_size"]

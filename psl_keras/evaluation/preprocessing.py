@@ -2,7 +2,11 @@
 
 import tensorflow as tf
 
-from psl_keras.tasks.rotation import resize_shorter_side
+from psl_keras.data import transforms
+
+
+def resize_shorter_side(image, size):
+    return transforms.resize_shorter_side(image[tf.newaxis], size)[0]
 
 
 def _resize_side(image_size):

@@ -6,7 +6,7 @@ only calls the methods below, so a new task is one new module plus a line in `ps
 """
 
 import keras
-from keras import layers, ops
+from keras import layers, ops, tree
 
 
 class Task:
@@ -40,49 +40,56 @@ class Task:
         """A short human-readable description of `level`, for logs and summary.json."""
         return f"{self.name} G{level}: {self.num_classes(level)} classes"
 
-    # --- data -----------------------------------------------------------------------------------------
-    def preprocess(self, image, seed, level):
-        """Maps one decoded uint8 image [H, W, 3] to (inputs, label) for `level`.
-
-        `seed` is a shape-[2] integer tensor unique to this example and epoch: every random choice must
-        come from it (stateless ops), which makes a run repeatable and resumable.
-        """
+    # --- data: one implementation for tf.data (TensorFlow) and the accelerator (Keras on JAX) ------------------
+    def sample(self, seed, level, image_shape):
+        """Every random choice of one example at `level`, from its seed [2] (`transforms.uniform`, stateless,
+        so a run is repeatable and resumable): a dict of tensors. `image_shape` is the image's (height, width)."""
         raise NotImplementedError
 
-    def make_example(self, image, seed, level, label=None):
-        """`preprocess` with the label chosen by the caller (None: drawn from `seed`, as in training).
+    def prepare(self, images, params, level):
+        """(inputs, labels) of uint8 images [B, H, W, 3] of one size with their choices `params` (batched), in
+        `keras.ops`: tf.data runs it per example (B = 1, the image at its own size), the JAX runtime on the
+        batch it holds on the device."""
+        raise NotImplementedError
 
-        What the demo shows: a given rotation, a given permutation. Tasks whose labels cannot be chosen keep
-        this default, which only accepts label=None.
-        """
-        if label is not None:
-            raise NotImplementedError(f"Task {self.name} cannot make an example with a chosen label.")
-        return self.preprocess(image, seed, level)
+    def finish(self, inputs, params, level):
+        """A batch step on `prepare`'s inputs, run on each per-replica batch (tasks whose augmentation is cheaper
+        on a batch of same-size views: the contrastive ladders). Default: none."""
+        return inputs
+
+    def has_batch_step(self):
+        return type(self).finish is not Task.finish
+
+    def preprocess(self, image, seed, level):
+        """One decoded uint8 image [H, W, 3] -> (inputs, label), per example in tf.data; where the task has a
+        batch step the inputs carry the example's choices for it."""
+        params = self.sample(seed, level, ops.shape(image)[:2])
+        inputs, labels = self.prepare(image[None], tree.map_structure(lambda p: p[None], params), level)
+        if self.has_batch_step():
+            return {"inputs": inputs[0], "params": params}, labels[0]
+        return inputs[0], labels[0]
 
     def batch_transform(self, level):
-        """A function (inputs, labels) -> (inputs, labels) run on each per-replica batch after `preprocess`, or
-        None. Tasks whose augmentation is cheaper on a batch (the contrastive ladders) do their pixel work
-        there, with the per-example random choices `preprocess` drew."""
-        return None
+        """What tf.data maps over each per-replica batch after `preprocess` (None: nothing)."""
+        if not self.has_batch_step():
+            return None
+        return lambda inputs, labels: (self.finish(inputs["inputs"], inputs["params"], level), labels)
+
+    def make_example(self, image, seed, level, label=None):
+        """What the model sees for one image, with the label chosen by the caller (None: drawn from `seed`, as
+        in training): a given rotation, a given permutation (the demo)."""
+        params = self.sample(seed, level, ops.shape(image)[:2])
+        if label is not None:
+            if "label" not in params:
+                raise NotImplementedError(f"Task {self.name} has no labels to choose.")
+            params["label"] = ops.cast(label, "int32")
+        params = tree.map_structure(lambda p: p[None], params)
+        inputs, labels = self.prepare(image[None], params, level)
+        return self.finish(inputs, params, level)[0], labels[0]
 
     def backbone_images(self, inputs):
         """Turns a batch of task inputs into the image batch the backbone sees (identity by default)."""
         return inputs
-
-    # --- Keras on JAX: batches made on the device, without tf.data ----------------------------------------
-    def draw_array_params(self, rng, count, level):
-        """The random choices for `count` examples at `level`, drawn from `rng` (a NumPy Generator): a dict of
-        arrays, what `array_examples` needs besides the images."""
-        raise NotImplementedError(f"Task {self.name} has no on-device input path (Keras on JAX).")
-
-    def array_examples(self, images, params, level):
-        """(inputs, labels) of a batch of uint8 images [B, H, W, 3] with the choices in `params`, in `keras.ops`
-        only: the JAX trainer compiles it and runs it where the images are (the accelerator)."""
-        raise NotImplementedError(f"Task {self.name} has no on-device input path (Keras on JAX).")
-
-    @classmethod
-    def has_array_pipeline(cls):
-        return cls.array_examples is not Task.array_examples
 
     # --- network --------------------------------------------------------------------------------------
     def build_head(self, level, feature_channels, name):

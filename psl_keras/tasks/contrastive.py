@@ -4,21 +4,31 @@
 Level i of the task is "tell the views of one image from the others' when the views differ by T_i": the
 harder the augmentation, the more invariant (and semantic) the features must be.
 
-Input pipeline: `preprocess` crops both views of an example and draws every other random choice from the
-example's seed; `batch_transform` does the colour, blur and Sobel work on the whole per-replica batch
-(`psl_keras.data.augment`). The batch reaches the model as views [B, 2, H, W, 3], float32 in [0, 1].
+Input pipeline (`psl_keras.data.augment`): `sample` draws every random choice of both views from the example's
+seed, `prepare` crops them (per example in tf.data, on the batch on the device) and `finish` does the colour,
+blur and Sobel work on the whole batch of views. The model sees views [B, 2, H, W, 3], float32 in [0, 1].
 """
 
 import math
 
 import keras
-from keras import layers, ops
+from keras import layers, ops, tree
 
-from psl_keras.data.array_augment import ArrayLadder
+from psl_keras.data import transforms
 from psl_keras.data.augment import simclr_ladder
 from psl_keras.lazy import tf
 from psl_keras.ranges import fraction, non_negative, positive_int
 from psl_keras.tasks.base import Task
+
+
+def _views_first(tensors):
+    """[B, 2, ...] -> [2B, ...]: rows 2k and 2k + 1 are image k's views."""
+    return tree.map_structure(lambda t: ops.reshape(t, (-1, *t.shape[2:])), tensors)
+
+
+def _pairs(views):
+    """[2B, ...] -> [B, 2, ...]."""
+    return ops.reshape(views, (-1, 2, *views.shape[1:]))
 
 
 class ContrastiveTask(Task):
@@ -60,71 +70,33 @@ class ContrastiveTask(Task):
         raise NotImplementedError(f"{self.name} has no classes: it contrasts views.")
 
     def describe_level(self, level):
-        # Under Keras on JAX the keras-cv ladder cannot be built; the array ladder names the same steps.
-        ladder = self.ladder if keras.backend.backend() == "tensorflow" else self.array_ladder
-        return f"{self.name} T{level} = {ladder.describe(level)}"
+        return f"{self.name} T{level} = {self.ladder.describe(level)}"
 
     # --- data -----------------------------------------------------------------------------------------
-    def preprocess(self, image, seed, level):
-        """Two views of one image (cropped; the batch layers' parameters drawn), and a dummy label 0."""
-        first, second = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
-        view1, params1 = self.ladder.sample(image, first, level)
-        view2, params2 = self.ladder.sample(image, second, level)
-        params = tf.nest.map_structure(lambda a, b: tf.stack([a, b]), params1, params2)
-        return {"views": tf.stack([view1, view2]), "params": params}, tf.constant(0, tf.int64)
-
     @property
     def ladder(self):
-        """The augmentation ladder, built on first use: its keras-cv layers are TensorFlow input pipeline, which
-        the heads and losses do not need (they also build under Keras on JAX)."""
         if self._ladder is None:
             self._ladder = simclr_ladder(self.image_size, self.strength, self.crop_area, self.blur_rate,
                                          self.sobel_rate)
         return self._ladder
 
-    def batch_transform(self, level):
-        size = self.image_size
+    def sample(self, seed, level, image_shape):
+        """Both views' choices (each parameter [2, ...]), from one draw of the example's seed."""
+        u = transforms.uniform(seed, [2, self.ladder.uniforms(level)])
+        views = [self.ladder.sample(u[i], level, image_shape) for i in (0, 1)]
+        return tree.map_structure(lambda *p: ops.stack(p), *views)
 
-        def transform(inputs, labels):
-            pairs = tf.shape(inputs["views"])[0]
-            views = tf.reshape(inputs["views"], [-1, size, size, 3])
-            params = tf.nest.map_structure(
-                lambda p: tf.reshape(p, tf.concat([[-1], tf.shape(p)[2:]], 0)), inputs["params"])
-            views = self.ladder.augment(views, params, level)
-            return tf.reshape(views, [pairs, 2, size, size, 3]), labels
+    def prepare(self, images, params, level):
+        """Both crops of each image: views [B, 2, size, size, 3], and dummy labels 0."""
+        crops = self.ladder.crop(ops.repeat(images, 2, axis=0), _views_first(params))
+        return _pairs(crops), ops.zeros(ops.shape(images)[:1], "int32")
 
-        return transform
-
-    def make_example(self, image, seed, level, label=None):
-        """Both views of `image`, fully augmented: [2, H, W, 3] (what the model sees for one example)."""
-        if label is not None:
-            raise NotImplementedError(f"{self.name} has no labels to choose.")
-        inputs, label = self.preprocess(image, seed, level)
-        batch = tf.nest.map_structure(lambda t: t[tf.newaxis], inputs)
-        views, _ = self.batch_transform(level)(batch, label[tf.newaxis])
-        return views[0], label
+    def finish(self, inputs, params, level):
+        return _pairs(self.ladder.augment(_views_first(inputs), _views_first(params), level))
 
     def backbone_images(self, inputs):
         """Views [B, 2, H, W, 3] -> [2B, H, W, 3], the two views of an image next to each other."""
         return ops.reshape(inputs, (-1, *inputs.shape[2:]))  # static sizes kept where known
-
-    # --- Keras on JAX: views made on the device (the JAX trainer jit-compiles array_examples) ----------------
-    @property
-    def array_ladder(self):
-        """The ladder's steps in `keras.ops` (`array_augment`): the same settings, no TensorFlow."""
-        return ArrayLadder(self.image_size, self.strength, self.crop_area, self.blur_rate, self.sobel_rate)
-
-    def draw_array_params(self, rng, count, level):
-        """Both views' choices for `count` images (rows 2k and 2k + 1: image k's views), drawn like the ladder's."""
-        return self.array_ladder.draw(rng, 2 * count, level, self.image_size, self.image_size)
-
-    def array_examples(self, images, params, level):
-        """views [B, 2, size, size, 3] of uint8 images [B, size, size, 3] (the JAX trainer's images are the
-        training size) and dummy labels 0, as `preprocess` + `batch_transform` make them."""
-        images = ops.convert_to_tensor(images)
-        count = images.shape[0]
-        views = self.array_ladder.views(ops.repeat(images, 2, axis=0), params, level)
-        return ops.reshape(views, (count, 2, self.image_size, self.image_size, 3)), ops.zeros((count,), "int32")
 
     # --- network --------------------------------------------------------------------------------------
     def build_head(self, level, feature_channels, name):

@@ -26,10 +26,9 @@ import numpy as np
 from keras import layers, ops
 
 from psl_keras.atomic import atomic_path
-from psl_keras.lazy import tf
+from psl_keras.data import transforms
 from psl_keras.ranges import fraction, non_negative_int
 from psl_keras.tasks.base import Task
-from psl_keras.tasks.rotation import resize_shorter_side
 
 GRID = 3
 NUM_TILES = GRID * GRID
@@ -100,35 +99,11 @@ def permutation_set(size, seed=0, directory=None):
     return permutations
 
 
-def cut_tiles(crop, cell, tile, offsets):
-    """Cuts a [3*cell, 3*cell, C] crop into nine [tile, tile, C] tiles, row by row.
-
-    `offsets` [9, 2] int32 are each tile's (y, x) position inside its cell, in [0, cell - tile].
-    """
-    tiles = []
-    for index in range(NUM_TILES):
-        row, col = divmod(index, GRID)
-        y = row * cell + offsets[index, 0]
-        x = col * cell + offsets[index, 1]
-        tiles.append(crop[y:y + tile, x:x + tile])
-    return tf.stack(tiles)
-
-
 def assemble_tiles(tiles):
     """The inverse of `cut_tiles` for tiles that fill their cells: nine tiles, row by row, -> one image."""
     tiles = np.asarray(tiles)
     rows = [np.concatenate(list(tiles[r * GRID:(r + 1) * GRID]), axis=1) for r in range(GRID)]
     return np.concatenate(rows, axis=0)
-
-
-def normalize_tile(tiles, eps=1e-3):
-    """Per-tile, per-channel standardisation, mapped back to the [0, 1]-image range the backbone expects.
-
-    Each tile gets the same mean (0.45) and spread (0.225): brightness and contrast differences between
-    tiles, a low-level cue to their position, are removed.
-    """
-    mean, variance = tf.nn.moments(tiles, axes=[1, 2], keepdims=True)
-    return (tiles - mean) / tf.sqrt(variance + eps) * 0.225 + 0.45
 
 
 class JigsawTask(Task):
@@ -208,108 +183,55 @@ class JigsawTask(Task):
         return f"jigsaw C{level}: {self.num_classes(level)} permutations"
 
     # --- data -----------------------------------------------------------------------------------------
-    def grid_tiles(self, image, seed):
-        """Random crop, flip and tile positions of one float image -> tiles [9, t, t, 3] in grid order."""
-        crop_seed, flip_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-        image = resize_shorter_side(image, self.resize_shorter)
-        crop = tf.image.stateless_random_crop(image, [self.crop_size, self.crop_size, 3], crop_seed)
-        crop = tf.image.stateless_random_flip_left_right(crop, flip_seed)
-        offsets = tf.random.stateless_uniform(
-            [NUM_TILES, 2], offset_seed, minval=0, maxval=self.cell_size - self.tile_size + 1, dtype=tf.int32
-        )
-        return cut_tiles(crop, self.cell_size, self.tile_size, offsets)
-
-    def _tile_augment(self, tiles, seed):
+    def sample(self, seed, level, image_shape):
+        """The crop's corner in the resized image, a flip, each tile's place in its cell, the permutation's
+        index (and the tile jitter and grayscale choices where those options are on)."""
+        u = transforms.uniform(seed, [3 + 2 * NUM_TILES + 1 + 4 * NUM_TILES])
+        resized = transforms.scaled_shape(image_shape, self.resize_shorter)
+        room = self.cell_size - self.tile_size + 1
+        params = {"corner": ops.stack([transforms.choice(u[i], resized[i] - self.crop_size + 1) for i in (0, 1)]),
+                  "flip": u[2] < 0.5,
+                  "offsets": ops.reshape(transforms.choice(u[3:3 + 2 * NUM_TILES], room), (NUM_TILES, 2)),
+                  "label": transforms.choice(u[3 + 2 * NUM_TILES], self.num_classes(level))}
+        rest = u[4 + 2 * NUM_TILES:]
         if self.tile_color_jitter:
-            jitter = tf.random.stateless_uniform(
-                [NUM_TILES, 1, 1, 3], seed, minval=-self.tile_color_jitter, maxval=self.tile_color_jitter
-            )
-            tiles = tiles + jitter
+            params["jitter"] = ops.reshape(self.tile_color_jitter * (2 * rest[:3 * NUM_TILES] - 1), (NUM_TILES, 3))
         if self.tile_grayscale:
-            gray_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-            gray = tf.random.stateless_uniform([NUM_TILES, 1, 1, 1], gray_seed) < self.tile_grayscale
-            tiles = tf.where(gray, tf.image.rgb_to_grayscale(tiles) * tf.ones([1, 1, 1, 3]), tiles)
-        return tiles
-
-    def preprocess(self, image, seed, level):
-        return self.make_puzzle(image, seed, level)
-
-    def make_example(self, image, seed, level, label=None):
-        """`preprocess` with the permutation chosen (its index in C_level), e.g. by the demo."""
-        return self.make_puzzle(image, seed, level, label=label)
-
-    def make_puzzle(self, image, seed, level, normalize=True, label=None):
-        """(puzzle [9, t, t, 3], label) for one uint8 image; `normalize=False` keeps the raw tiles."""
-        tile_seed, label_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        tiles = self.grid_tiles(image, tile_seed)
-        if normalize:
-            tiles = normalize_tile(self._tile_augment(tiles, augment_seed))
-        if label is None:
-            label = tf.random.stateless_uniform(
-                [], label_seed, minval=0, maxval=self.num_classes(level), dtype=tf.int32
-            )
-        label = tf.cast(label, tf.int32)
-        permutation = tf.gather(tf.constant(self.level_permutations(level), tf.int32), label)
-        # Position i of the puzzle shows tile permutation[i] of the grid.
-        return tf.gather(tiles, permutation), label
-
-    # --- Keras on JAX: puzzles made on the device (the JAX trainer jit-compiles array_examples) --------------
-    def draw_array_params(self, rng, count, level):
-        """Per example, what `make_puzzle` draws: the crop's corner, a flip, each tile's place in its cell, the
-        permutation's index (and the tile jitter / grayscale choices where those options are on)."""
-        params = {"corners": rng.integers(0, self.resize_shorter - self.crop_size + 1, (count, 2)).astype("int32"),
-                  "flips": rng.integers(0, 2, count).astype("int32"),
-                  "offsets": rng.integers(0, self.cell_size - self.tile_size + 1, (count, NUM_TILES, 2)).astype("int32"),
-                  "labels": rng.integers(0, self.num_classes(level), count).astype("int32")}
-        if self.tile_color_jitter:
-            params["jitter"] = rng.uniform(-self.tile_color_jitter, self.tile_color_jitter,
-                                           (count, NUM_TILES, 3)).astype("float32")
-        if self.tile_grayscale:
-            params["gray"] = (rng.uniform(size=(count, NUM_TILES)) < self.tile_grayscale).astype("float32")
+            params["gray"] = rest[3 * NUM_TILES:] < self.tile_grayscale
         return params
 
-    def array_examples(self, images, params, level):
-        """`make_puzzle` for a batch of same-size square images, in `keras.ops` only (tested against it): the
-        resize, crop, flip and tile cuts are one gather of pixel indices, then the per-tile normalisation and
-        the permutation. images uint8 [B, H, H, 3] -> (puzzles [B, 9, t, t, 3], labels [B])."""
-        images = ops.convert_to_tensor(images)
-        count, height, width = images.shape[0], images.shape[1], images.shape[2]
-        if height != width:
-            raise NotImplementedError("array_examples serves square images (resize them when exporting).")
-        size, cell, tile = self.resize_shorter, self.cell_size, self.tile_size
-        resized = ops.image.resize(ops.cast(images, "float32") / 255.0, (size, size), interpolation="bilinear")
+    def tiles(self, images, params):
+        """The nine tiles of each image in grid order, row by row, before any per-tile change: uint8 images
+        [B, H, W, 3] -> float32 [B, 9, t, t, 3]. Resize, crop, flip and the tile cuts are one pixel gather."""
+        resized = transforms.resize_shorter_side(transforms.to_float(images), self.resize_shorter)
+        cell, span = self.cell_size, ops.arange(self.tile_size, dtype="int32")
+        grid = ops.convert_to_tensor([divmod(i, GRID) for i in range(NUM_TILES)], "int32")  # (row, col)
+        offsets, corner = ops.cast(params["offsets"], "int32"), ops.cast(params["corner"], "int32")
         # Tile i's pixel (ty, tx) sits at crop position (row * cell + oy + ty, col * cell + ox + tx) of the
         # flipped crop; a flip reads the crop's column (crop - 1 - x).
-        rows = ops.convert_to_tensor([i // GRID for i in range(NUM_TILES)], "int32")
-        cols = ops.convert_to_tensor([i % GRID for i in range(NUM_TILES)], "int32")
-        offsets = ops.convert_to_tensor(params["offsets"], "int32")
-        span = ops.arange(tile, dtype="int32")
-        y = rows[None, :, None] * cell + offsets[:, :, 0:1] + span[None, None, :]  # [B, 9, t]
-        x = cols[None, :, None] * cell + offsets[:, :, 1:2] + span[None, None, :]
-        flips = ops.convert_to_tensor(params["flips"], "int32")[:, None, None]
-        x = flips * (self.crop_size - 1 - x) + (1 - flips) * x
-        corners = ops.convert_to_tensor(params["corners"], "int32")
-        y = y + corners[:, 0, None, None]
-        x = x + corners[:, 1, None, None]
-        base = ops.arange(count, dtype="int32")[:, None, None, None] * (size * size)
-        index = base + y[:, :, :, None] * size + x[:, :, None, :]  # [B, 9, t, t]
-        tiles = ops.take(ops.reshape(resized, (-1, 3)), ops.reshape(index, (-1,)), axis=0)
-        tiles = ops.reshape(tiles, (count, NUM_TILES, tile, tile, 3))
+        y = grid[None, :, 0:1] * cell + offsets[:, :, 0:1] + span  # [B, 9, t]
+        x = grid[None, :, 1:2] * cell + offsets[:, :, 1:2] + span
+        x = ops.where(ops.reshape(ops.cast(params["flip"], "bool"), (-1, 1, 1)), self.crop_size - 1 - x, x)
+        y = (y + corner[:, 0, None, None])[:, :, :, None]  # [B, 9, t, 1]
+        x = (x + corner[:, 1, None, None])[:, :, None, :]  # [B, 9, 1, t]
+        return transforms.gather_pixels(resized, y, x)
+
+    def prepare(self, images, params, level):
+        """(puzzles [B, 9, t, t, 3], labels [B]): the tiles, changed and normalised each on its own, reordered
+        by the level's permutation of each example's label."""
+        tiles = self.tiles(images, params)
         if "jitter" in params:
-            tiles = tiles + ops.convert_to_tensor(params["jitter"], "float32")[:, :, None, None, :]
+            tiles = tiles + ops.cast(params["jitter"], "float32")[:, :, None, None, :]
         if "gray" in params:
-            luma = ops.sum(tiles * ops.convert_to_tensor([0.2989, 0.587, 0.114], "float32"), axis=-1, keepdims=True)
-            gray = ops.convert_to_tensor(params["gray"], "float32")[:, :, None, None, None]
-            tiles = gray * luma + (1.0 - gray) * tiles
-        mean = ops.mean(tiles, axis=(2, 3), keepdims=True)
-        variance = ops.var(tiles, axis=(2, 3), keepdims=True)
-        tiles = (tiles - mean) / ops.sqrt(variance + 1e-3) * 0.225 + 0.45
-        labels = ops.convert_to_tensor(params["labels"], "int32")
+            gray = ops.reshape(params["gray"], (-1, NUM_TILES, 1, 1, 1))
+            tiles = ops.where(gray, transforms.grayscale(tiles), tiles)
+        # Every tile gets the same mean and spread: brightness and contrast differences between tiles, a
+        # low-level cue to their position, are removed.
+        tiles = transforms.standardize(tiles, axis=(2, 3))
+        labels = ops.cast(params["label"], "int32")
         permutations = ops.take(ops.convert_to_tensor(self.level_permutations(level), "int32"), labels, axis=0)
         # Position i of the puzzle shows tile permutation[i] of the grid.
-        puzzles = ops.take_along_axis(tiles, permutations[:, :, None, None, None], axis=1)
-        return puzzles, labels
+        return ops.take_along_axis(tiles, permutations[:, :, None, None, None], axis=1), labels
 
     def backbone_images(self, inputs):
         """[B, 9, t, t, 3] puzzles -> [B*9, t, t, 3]: every tile through the same (siamese) network."""

@@ -120,7 +120,7 @@ def noise_images(count, size, seed=0, smooth=0.0):
     isotropic noise (white noise low-passed by a Gaussian of that many pixels, contrast restored)."""
     images = np.random.default_rng(seed).integers(0, 256, (count, size, size, 3)).astype(np.float32)
     if smooth:
-        from psl_keras.data.augment import gaussian_blur
+        from psl_keras.data.transforms import gaussian_blur
 
         radius = max(1, int(np.ceil(3 * smooth)))
         images = gaussian_blur(tf.constant(images), tf.fill([count], float(smooth)), radius).numpy()

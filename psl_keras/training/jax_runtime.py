@@ -3,9 +3,9 @@
 
 - the step is `jax_step.JaxStageStep`, compiled once per stage, over the stage's variables only;
 - the data is a split held in device memory (an array dataset, `--dataset arrays:FILE`, or a TFDS split /
-  folder read once where TensorFlow is installed); each epoch's order and each example's random choices come
-  from NumPy generators seeded by (run seed, stage, epoch, step), and the task's augmentation
-  (`Task.array_examples`) runs on the device, compiled;
+  folder read once where TensorFlow is installed); each epoch's order and each example's seed come
+  from NumPy generators seeded by (run seed, stage, epoch, step), and the task's examples
+  (`Task.sample`, `prepare`, `finish`) are made on the device, compiled;
 - checkpoints are .npz files of the backbone's, head's and optimizer's variables, written atomically (the two
   newest kept), so a killed run resumes exactly where its last checkpoint was;
 - several local devices split each batch (`jax_step.data_parallel`): one process, one global batch.
@@ -62,9 +62,6 @@ class JaxRuntime:
         for name, why in TF_ONLY.items():
             if getattr(config, name):
                 raise PSLError(f"--{name} is not available with --backend jax: {why}.")
-        if not task.has_array_pipeline():
-            raise PSLError(f"--task {config.task} has no on-device input path for --backend jax "
-                           f"(`Task.array_examples`); train it with --backend tensorflow.")
 
     def scope(self):
         return contextlib.nullcontext()
@@ -114,12 +111,19 @@ class JaxRuntime:
             source.num_examples)
         for step in range(skip_steps, len(order) // config.batch_size):
             ids = order[step * config.batch_size:(step + 1) * config.batch_size]
-            # One generator per batch: a resumed epoch draws what the unbroken one drew for the same step.
+            # Each example's seed comes from (run seed, stage, epoch, step): a resumed epoch makes the examples
+            # the unbroken one made for the same step.
             rng = np.random.default_rng([config.seed, DATA_SEED, stage.index, epoch, step])
-            yield self._examples(task, ids, task.draw_array_params(rng, len(ids), stage.level), stage.level)
+            seeds = rng.integers(0, 2**32, (len(ids), 2), dtype=np.uint32)
+            yield self._examples(task, ids, seeds, stage.level)
 
-    def _make_examples(self, task, ids, params, level):
-        return task.array_examples(jax.numpy.take(self.device_images, ids, axis=0), params, level)
+    def _make_examples(self, task, ids, seeds, level):
+        """The task's examples of the images `ids`, made on the device with one implementation for both
+        backends (`Task.sample`, `prepare`, `finish`)."""
+        images = jax.numpy.take(self.device_images, ids, axis=0)
+        params = jax.vmap(lambda seed: task.sample(seed, level, images.shape[1:3]))(seeds)
+        inputs, labels = task.prepare(images, params, level)
+        return task.finish(inputs, params, level), labels
 
     def learning_rate(self, model):
         self.stage_state.sync_iterations()
