@@ -4,8 +4,8 @@ shared machine), against what a training step consumes.
   python benchmarks/augmentation.py [--batch 256] [--batches 4] [--sizes 224,32] [--markdown]
 
 For each output size and level, examples per second (best of interleaved rounds) (each example yields two views) through tf.data:
-- ours:          `psl_keras.data.augment` as the trainer runs it (per-example crop and random draws, batched colour /
-                 blur / Sobel on the images their probability picked);
+- ours:          `psl_keras.data.augment` as the trainer runs it (per-example random draws and crop, then colour
+                 jitter, grayscale, blur and Sobel on the batch, each on the views its draw picked);
 - all keras-cv:  keras-cv's layers on batches (RandomCropAndResize, RandomFlip, RandomApply of RandomColorJitter,
                  Grayscale, RandomGaussianBlur; Sobel, which keras-cv lacks, is ours inside RandomApply);
 - plain tf.image: SimCLR-style per-example functions (tf.image crop, flip, adjust_*, per-image blur and Sobel).

@@ -61,6 +61,11 @@ def test_puzzle_decodes_back_to_the_crop_with_its_label(tmp_path, monkeypatch):
     orientations = []
     for i in range(8):
         puzzle, label = raw_puzzle(task, image, [4, i])
+        # What the network sees is that puzzle, each tile standardised on its own.
+        seen, seen_label = task.make_example(tf.constant(image), tf.constant([4, i], tf.int64), 3)
+        mean, var = puzzle.mean(axis=(1, 2), keepdims=True), puzzle.var(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(seen.numpy(), (puzzle - mean) / np.sqrt(var + 1e-3) * 0.225 + 0.45, atol=1e-4)
+        assert int(seen_label) == label
         permutation = task.level_permutations(3)[label]
         tiles = np.empty_like(puzzle)
         tiles[permutation] = puzzle  # position k shows grid tile permutation[k]
