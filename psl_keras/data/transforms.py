@@ -131,7 +131,7 @@ def gaussian_blur(images, sigma, radius):
     kernels = ops.exp(-ops.square(taps)[None, :] / (2.0 * ops.square(ops.cast(sigma, "float32"))[:, None]))
     kernels = kernels / ops.sum(kernels, axis=1, keepdims=True)  # [B, 2r+1]
     shape = ops.shape(images)
-    channels = images.shape[-1]
+    channels = shape[3]
     padded = ops.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="reflect")
     folded = ops.reshape(ops.transpose(padded, (1, 2, 0, 3)), (1, shape[1] + 2 * radius, shape[2] + 2 * radius, -1))
     per_channel = ops.transpose(ops.repeat(kernels, channels, axis=0))  # [2r+1, B*C]
