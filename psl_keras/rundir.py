@@ -101,8 +101,9 @@ class RunDirectory:
     """The run directory of one training process. Only the chief writes files; other workers keep their
     share of each checkpoint under .workers/ and remove it at the end."""
 
-    def __init__(self, path, chief=True, worker=0):
+    def __init__(self, path, chief=True, worker=0, flag="--output_dir"):
         self.path = path
+        self.flag = flag  # the command-line flag that names this folder, for messages
         self.chief = chief
         self.worker = worker
 
@@ -132,7 +133,7 @@ class RunDirectory:
         if not exists:
             if os.path.isdir(self.path) and os.listdir(self.path):
                 raise PSLError(f"--resume: {self.path} has no {STATE_FILE}, so it is not a psl-keras run that "
-                               f"can be resumed. Check --output_dir.")
+                               f"can be resumed. Check {self.flag}.")
             return None  # nothing to resume: start fresh
         try:
             with open(state_path) as f:
@@ -146,8 +147,8 @@ class RunDirectory:
                       if k not in resumable_fields and k in saved and saved[k] != v}
         if mismatched:
             details = ", ".join(f"--{k}: run has {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
-            raise PSLError(f"--resume: the run in {self.path} was started with other settings ({details}). Resume "
-                           f"with the same flags (the run's config is in {state_path}) or use a new --output_dir.")
+            raise PSLError(f"The run in {self.path} was started with other settings ({details}). Resume "
+                           f"with the same flags (the run's config is in {state_path}) or use a new {self.flag}.")
         return state
 
     def saved_config(self):

@@ -227,8 +227,8 @@ MUTANTS = (
              "chosen.append(np.sort(rng.permutation(members)[:per_class + c % 2]))"),), EVALUATION),
     Mutant("E11", "a continued probe's state leaves out the heads' BatchNorm statistics (a model's list of heads "
            "is not tracked by tf.train.Checkpoint)", "psl_keras/evaluation/protocols.py",
-           (('state=_epoch_state({**{f"head_{name}": head for name, head in zip(model.block_names, model.heads)},',
-             'state=_epoch_state({"model": model, **{},'),), EVALUATION),
+           (('saved=_training_state({**{f"head_{name}": head for name, head in zip(model.block_names, model.heads)},',
+             'saved=_training_state({"model": model, **{},'),), EVALUATION),
     Mutant("E12", "probe heads initialised from the process's random state, not the evaluation seed",
            "psl_keras/evaluation/linear.py",
            (("GlorotUniform(\n                    derived_seed(seed, PROBE_HEAD_SEED, BLOCK_NAMES.index(name)))",

@@ -268,5 +268,5 @@ def test_an_interrupted_probe_continues_from_its_last_epoch_with_resume_dir(tmp_
     # A folder of other settings is refused by name, not silently mixed in.
     other = protocols.EvalConfig(epochs=3, batch_size=64, lr=0.1, blocks=("B1", "B5"),
                                  resume_dir=str(tmp_path / "state"))
-    with pytest.raises(PSLError, match="differs in lr"):
+    with pytest.raises(PSLError, match="other settings.*lr"):
         protocols.all_blocks(run, other, strategy, sources, verbose=0)

@@ -22,13 +22,13 @@ from keras import layers, ops
 from psl_keras import data as data_lib
 from psl_keras import optim
 from psl_keras.training import loop
-from psl_keras.atomic import write_json_atomic
+from psl_keras.training.loop import TFCheckpointer
 from psl_keras.backbones import BLOCK_NAMES, backbone_image_size
 from psl_keras.errors import PSLError
 from psl_keras.evaluation import knn as knn_lib
 from psl_keras.evaluation.linear import AllBlocksProbe, mean_average_precision, top_k_correct
 from psl_keras.evaluation.preprocessing import center_view, train_view
-from psl_keras.rundir import load_backbone
+from psl_keras.rundir import RunDirectory, RunState, load_backbone
 from psl_keras.seeds import PROBE_DATA_SEED, PROBE_HEAD_SEED, derived_seed
 
 
@@ -132,55 +132,17 @@ def evaluate(model, source, image_size, config):
     return totals
 
 
-class EpochState:
-    """The trained variables and the optimizer after each finished epoch of probe or fine-tuning training, in
-    `directory` with the settings they belong to. The data order depends on (seed, epoch) only, so training
-    continued from epoch e draws the batches an unbroken run would have drawn."""
-
-    SETTINGS_FILE = "settings.json"
-
-    def __init__(self, directory, objects, settings):
-        """`objects`: name -> the models and optimizer to keep, named explicitly: a Keras model's list of
-        sub-models is not tracked by tf.train.Checkpoint (their BatchNorm statistics would be left out)."""
-        self.directory = directory
-        self.settings = json.loads(json.dumps(settings))  # tuples as lists: comparable with the file
-        self.epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(epochs_done=self.epochs_done, **objects)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
-
-    def restore(self):
-        """Epochs already done (0 for a new folder); refuses a folder holding another evaluation's state."""
-        path = os.path.join(self.directory, self.SETTINGS_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            # Settings recorded on both sides only: a field added to EvalConfig later does not orphan the folder.
-            changed = sorted(k for k in set(saved) & set(self.settings) if saved[k] != self.settings[k])
-            if changed:
-                raise PSLError(f"{self.directory} holds the training state of another evaluation (it differs in "
-                               f"{', '.join(changed)}). Give another --resume_dir, or delete that folder.")
-        else:
-            write_json_atomic(path, self.settings, kill_at=None)
-        if not self.manager.latest_checkpoint:
-            return 0
-        self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
-        return int(self.epochs_done.numpy())
-
-    def save(self, epochs_done):
-        # CheckpointManager writes the files first and names them in its index last: a process killed while
-        # saving leaves the previous epoch's state in force.
-        self.epochs_done.assign(epochs_done)
-        self.manager.save()
-
-
 # EvalConfig fields that do not change what probe or fine-tuning training computes (where the data is, kNN's
 # settings, the split scored afterwards): a continued evaluation may give them differently.
 NOT_TRAINING_SETTINGS = {"data_dir", "download", "resume_dir", "eval_split", "k", "temperature",
                          "knn_train_examples", "label_fraction"}
 
 
-def _epoch_state(objects, strategy, config, protocol, run, extra=None):
-    """An EpochState in config.resume_dir/PROTOCOL_RUN, or None without a resume_dir."""
+def _training_state(objects, strategy, config, protocol, run, extra=None):
+    """Where probe or fine-tuning training keeps its state after every epoch, as train.py does: a run directory
+    (config.resume_dir/PROTOCOL_DATASET_RUN) holding the settings and a checkpoint of `objects`; None without
+    a resume_dir. `objects` names the models and optimizer explicitly: a Keras model's list of sub-models is not
+    tracked by tf.train.Checkpoint (their BatchNorm statistics would be left out)."""
     if not config.resume_dir:
         return None
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -188,39 +150,43 @@ def _epoch_state(objects, strategy, config, protocol, run, extra=None):
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_TRAINING_SETTINGS}
     settings.update(protocol=protocol, run=run.name, backbone=os.path.abspath(run.backbone_path), **(extra or {}))
     folder = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{protocol}_{config.dataset}_{run.name}")
-    return EpochState(os.path.join(config.resume_dir, folder), objects, settings)
+    run_dir = RunDirectory(os.path.join(config.resume_dir, folder), flag="--resume_dir")
+    return run_dir, json.loads(json.dumps(settings)), TFCheckpointer(run_dir.checkpoint_dir, **objects)
 
 
-def fit(model, strategy, source, image_size, config, verbose=1, label="", state=None):
-    """Trains `model.train_step` for config.epochs on (augmented view, label) batches of `source`; with an
-    EpochState, continues after the epochs it holds and saves every epoch."""
+def fit(model, strategy, source, image_size, config, verbose=1, label="", saved=None):
+    """Trains `model.train_step` for config.epochs on (augmented view, label) batches of `source`, in the
+    trainer's epoch loop; with a `_training_state`, continues after the epochs it holds and saves every epoch
+    (the data order depends on (seed, epoch) only, so a continued run draws the batches an unbroken one would)."""
     steps = _steps(config, source)
     step = loop.distributed_step(strategy, model.train_step)
-    first_epoch = state.restore() if state else 0
-    if verbose and first_epoch:
-        print(f"{label}: continuing after epoch {first_epoch} ({state.directory})")
-    for epoch in range(first_epoch, config.epochs):
+    state = None
+    if saved:
+        run_dir, settings, checkpointer = saved
+        state = run_dir.open(settings, resume=True, resumable_fields=set()) or RunState(settings)
+        run_dir.prepare()
+        if state.checkpoint:
+            checkpointer.restore(state.checkpoint)
+            if verbose:
+                print(f"{label}: continuing after epoch {state.epoch} ({run_dir.path})")
+
+    def metrics(totals):
+        losses = [v / totals["count"] for k, v in totals.items() if k.startswith("loss")]
+        accuracies = [v / totals["count"] for k, v in totals.items() if k.startswith("correct")]
+        return [("loss", float(np.mean(losses))), ("best_train_acc", max(accuracies, default=0.0))]
+
+    for epoch in range(state.epoch if state else 0, config.epochs):
         seed = derived_seed(config.seed, PROBE_DATA_SEED, epoch)
         dataset = loop.distributed_dataset(strategy, lambda ctx: data_lib.training_pipeline(
             source, lambda image, label_, s: (train_view(image, s, image_size), label_), config.batch_size,
             seed, ctx))
-        progbar = keras.utils.Progbar(steps, verbose=verbose, stateful_metrics=["loss", "best_train_acc"])
-        totals = {}
         if verbose:
             print(f"{label} epoch {epoch + 1}/{config.epochs}")
-
-        def after_step(i, sums, seconds):
-            count = totals["count"]
-            losses = [v / count for k, v in totals.items() if k.startswith("loss")]
-            accuracies = [v / count for k, v in totals.items() if k.startswith("correct")]
-            progbar.update(i + 1, [("loss", float(np.mean(losses))),
-                                   ("best_train_acc", max(accuracies) if accuracies else 0.0)])
-            if not np.isfinite(np.mean(losses)):
-                raise PSLError(f"{label}: the loss diverged ({np.mean(losses)}); lower --lr.")
-
-        loop.run_epoch(step, iter(dataset), steps, totals, after_step=after_step)
+        loop.run_epoch(step, iter(dataset), steps, {}, verbose=verbose, metrics=metrics,
+                       non_finite=lambda i, loss: f"{label}: the loss diverged ({loss}); lower --lr.")
         if state:
-            state.save(epoch + 1)
+            state.record(1, epoch + 1, 0, None, checkpointer.save())
+            run_dir.write_state(state)
 
 
 # --- protocols --------------------------------------------------------------------------------------
@@ -237,9 +203,9 @@ def all_blocks(run, config, strategy, sources=None, verbose=1):
         _compile(model, config, _steps(config, train),
                  [v for head in model.heads for v in head.trainable_variables], LINEAR_LR)
     fit(model, strategy, train, image_size, config, verbose, label=f"[{run.name}] linear probes",
-        state=_epoch_state({**{f"head_{name}": head for name, head in zip(model.block_names, model.heads)},
-                            "optimizer": model.optimizer}, strategy, config, "linear", run,
-                           {"dataset_name": train.name}))
+        saved=_training_state({**{f"head_{name}": head for name, head in zip(model.block_names, model.heads)},
+                               "optimizer": model.optimizer}, strategy, config, "linear", run,
+                              {"dataset_name": train.name}))
     totals = evaluate(model, held_out, image_size, config)
     result = {"geometry": model.geometry, "metric": "mAP" if train.multi_label else "top1"}
     for name in model.block_names:
@@ -362,9 +328,9 @@ def semi(run, config, strategy, fraction, sources=None, verbose=1):
     model.global_batch_size = sub_config.batch_size
     fit(model, strategy, subset, image_size, sub_config, verbose,
         label=f"[{run.name}] fine-tune on {len(indices)} labels ({fraction:g})",
-        state=_epoch_state({"backbone": model.backbone, "classifier": model.classifier,
-                            "optimizer": model.optimizer}, strategy, sub_config, "semi", run,
-                           {"fraction": fraction, "labelled_examples": int(len(indices))}))
+        saved=_training_state({"backbone": model.backbone, "classifier": model.classifier,
+                               "optimizer": model.optimizer}, strategy, sub_config, "semi", run,
+                              {"fraction": fraction, "labelled_examples": int(len(indices))}))
     totals = evaluate(model, held_out, image_size, sub_config)
     return {"fraction": fraction if not config.label_ids_file else None, "labelled_examples": int(len(indices)),
             "top1": totals["top1"] / totals["count"], "top5": totals["top5"] / totals["count"]}

@@ -19,7 +19,6 @@ are concatenated in tile order and only the final classifier sees them together.
 import itertools
 import math
 import os
-import time
 
 import keras
 import numpy as np
@@ -97,13 +96,6 @@ def permutation_set(size, seed=0, directory=None):
     with atomic_path(path) as tmp:
         np.save(tmp, permutations)
     return permutations
-
-
-def assemble_tiles(tiles):
-    """The inverse of `cut_tiles` for tiles that fill their cells: nine tiles, row by row, -> one image."""
-    tiles = np.asarray(tiles)
-    rows = [np.concatenate(list(tiles[r * GRID:(r + 1) * GRID]), axis=1) for r in range(GRID)]
-    return np.concatenate(rows, axis=0)
 
 
 class JigsawTask(Task):
@@ -259,10 +251,3 @@ class JigsawTask(Task):
             tile_grayscale=self.tile_grayscale, tile_embedding=self.tile_embedding, geometry=self.geometry,
         )
         return config
-
-
-def time_set_generation(size=2000, seed=0):
-    """Seconds to generate a set of `size` (no cache), for the benchmark."""
-    start = time.perf_counter()
-    maximal_hamming_permutations(size, seed)
-    return time.perf_counter() - start

@@ -325,9 +325,6 @@ class Trainer:
         logs, knn_accuracy = {}, None
         for epoch in range(first_epoch, epochs):
             callbacks.on_epoch_begin(global_epoch)
-            progbar = keras.utils.Progbar(
-                steps_per_epoch, verbose=self.verbose, stateful_metrics=["loss", "accuracy", "lr"]
-            )
             first_step = state.step if epoch == first_epoch else 0
             totals = dict(state.totals) if first_step and state.totals else {
                 "loss": 0.0, "correct": 0.0, "count": 0.0}
@@ -336,25 +333,24 @@ class Trainer:
             def after_step(i, sums, seconds):
                 if i and seconds > 0:  # the first step of an epoch includes tracing and pipeline warm-up
                     step_rates.append(sums["count"] / seconds)
-                if not np.isfinite(sums["loss"]):
-                    raise PSLError(self._non_finite_stop(stage, epoch, i, sums["loss"], state))
                 self._steps_since_save += 1
                 kill_point("mid_epoch")
-                progbar.update(
-                    i + 1,
-                    [
-                        ("loss", totals["loss"] / totals["count"]),
-                        ("accuracy", totals["correct"] / totals["count"]),
-                        ("lr", self.runtime.learning_rate(model)),
-                    ],
-                )
                 every = self.config.checkpoint_every_steps
                 if every and (i + 1) % every == 0 and i + 1 < steps_per_epoch:
                     self._save_progress(checkpoint, state, stage, epoch, i + 1, totals)
                 callbacks.on_train_batch_end(i, {k: v / max(sums["count"], 1) for k, v in sums.items()})
 
+            def metrics(totals):
+                return [("loss", totals["loss"] / totals["count"]),
+                        ("accuracy", totals["correct"] / totals["count"]),
+                        ("lr", self.runtime.learning_rate(model))]
+
+            def non_finite(i, loss):
+                return self._non_finite_stop(stage, epoch, i, loss, state)
+
             try:
-                loop.run_epoch(step, iterator, steps_per_epoch, totals, first_step, after_step)
+                loop.run_epoch(step, iterator, steps_per_epoch, totals, first_step, after_step, self.verbose, metrics,
+                               non_finite)
             except loop.Interrupted as stop:  # Ctrl-C: the steps done so far are kept
                 self._save_progress(checkpoint, state, stage, epoch, stop.steps_done, totals)
                 raise
@@ -502,7 +498,7 @@ class TensorFlowRuntime:
     def checkpointer(self, directory, backbone, model):
         """Saves and restores the stage's training state (backbone, head, optimizer, task state)."""
         extra = {"task_state": model.task_state} if model.task_state is not None else {}
-        return TFCheckpointer(directory, backbone=backbone, head=model.head,
+        return loop.TFCheckpointer(directory, backbone=backbone, head=model.head,
                               optimizer=model.optimizer, **extra)
 
     def restore_backbone(self, backbone, path):
@@ -528,18 +524,3 @@ class TensorFlowRuntime:
         gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
         return {"host": platform.node(), "cpu_cores": os.cpu_count(), "accelerators": gpus,
                 "backend": "tensorflow", "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
-
-
-class TFCheckpointer:
-    """A stage's `tf.train.Checkpoint` and its manager (the two newest checkpoints are kept)."""
-
-    def __init__(self, directory, **objects):
-        self.checkpoint = tf.train.Checkpoint(**objects)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
-
-    def restore(self, path):
-        self.checkpoint.restore(path).expect_partial()
-
-    def save(self):
-        """Writes a checkpoint; returns its path."""
-        return self.manager.save()
