@@ -13,22 +13,33 @@ import threading
 
 import numpy as np
 
-from psl_keras import data as data_lib
-from psl_keras.data import images as images_lib
 from psl_keras import rundir
 from psl_keras.atomic import atomic_path
-from psl_keras.backbones import BLOCK_NAMES
+from psl_keras.data import images as images_lib
 from psl_keras.errors import PSLError
-from psl_keras.evaluation import knn as knn_lib
-from psl_keras.evaluation.preprocessing import center_view
+
+# TensorFlow and Keras are imported where a model first runs, so the page is served while they load.
+BLOCK_NAMES = ("B1", "B2", "B3", "B4", "B5")
+FOLDER_PREFIX = "folder:"
 
 DISPLAY_SIDE = 160  # small model inputs are enlarged (nearest neighbour) to this side for display
 
 
-def train_command(runs_dir):
-    """The command that trains a run the page will find under `runs_dir`."""
-    return (f"python train.py --task rotation --config cifar10_small --data_dir ../shared/tfds "
-            f"--output_dir {os.path.join(runs_dir, 'rotation_psl')}")
+def train_command(runs_dir, task="rotation", data_dir=""):
+    """The command that trains a run of `task` the page will find under `runs_dir` (minutes on a laptop CPU)."""
+    return (f"python train.py --task {task} --config cifar10_quick{f' --data_dir {data_dir}' if data_dir else ''} "
+            f"--output_dir {os.path.join(runs_dir, f'{task}_psl')}")
+
+
+def percent(fraction):
+    """64.0%, and small ones with their digits (a jigsaw stage's 0.07% on 2,000 permutations)."""
+    return f"{100 * fraction:.1f}%" if fraction >= 0.01 else f"{100 * fraction:.2f}%"
+
+
+def chance_text(stage):
+    """' (chance 50%)' for a stage result that records its chance accuracy, else ''."""
+    chance = stage.get("chance_accuracy")
+    return f" (chance {100 * chance:.3g}%)" if chance else ""
 
 
 # --- runs ---------------------------------------------------------------------------------------------
@@ -60,7 +71,7 @@ class RunInfo:
         """One line of the run picker."""
         c = self.config
         stages = self.summary.get("stages", [])
-        pretext = " · ".join(f"S{s['stage']} {100 * s['final_accuracy']:.1f}%" for s in stages
+        pretext = " · ".join(f"S{s['stage']} {percent(s['final_accuracy'])}{chance_text(s)}" for s in stages
                              if s.get("final_accuracy") is not None)
         knn = " · ".join(f"S{s['stage']} {s['last_block']} {100 * s['knn_accuracy']:.1f}%" for s in stages
                          if s.get("knn_accuracy") is not None)
@@ -77,10 +88,21 @@ RUN_COLUMNS = ["run", "task", "mode", "backbone", "data", "epochs", "pretext acc
                "status"]
 
 
+def check_runs_dir(runs_dir):
+    """Refuses a --runs_dir that is a file (a folder that does not exist yet is fine: runs may come later)."""
+    if os.path.exists(runs_dir) and not os.path.isdir(runs_dir):
+        raise PSLError(f"--runs_dir={runs_dir} is a file. Give the folder that holds run directories (train.py's "
+                       f"--output_dir is one of them), e.g. --runs_dir={os.path.dirname(runs_dir) or '.'}.")
+
+
 def discover_runs(runs_dir):
-    """Every run directory under `runs_dir` (recursively), sorted by name; unusable ones say why."""
-    return [RunInfo(os.path.relpath(path, runs_dir), path, summary, problem)
-            for path, summary, problem in rundir.scan_runs(runs_dir)]
+    """Every run directory under `runs_dir` (recursively, `runs_dir` itself included), sorted by name; unusable
+    ones say why. A run is named by its path under `runs_dir`, or by its folder's name when it is `runs_dir`."""
+    def name(path):
+        relative = os.path.relpath(path, runs_dir)
+        return os.path.basename(os.path.abspath(path)) if relative == "." else relative
+
+    return [RunInfo(name(path), path, summary, problem) for path, summary, problem in rundir.scan_runs(runs_dir)]
 
 
 def _signature(path):
@@ -105,6 +127,8 @@ class LoadedRun:
         self._backbone = None
         self._stages = None
         self._task = None
+        self._predict = None  # compiled functions, made on first use
+        self._embed = None
 
     @property
     def backbone(self):
@@ -132,6 +156,34 @@ class LoadedRun:
             if self._stages is None:
                 self._stages = rundir.load_stages(self.run)
             return self._stages
+
+    def stage_probabilities(self, inputs):
+        """Every stage head's softmax over its own level for one example of task inputs: one compiled call
+        runs all stages (their backbones and heads), traced once per input shape."""
+        import tensorflow as tf
+
+        from psl_keras.stages import stage_logits
+
+        stages, task = self.stages(), self.task
+        with self._lock:
+            if self._predict is None:
+                self._predict = tf.function(lambda x: [tf.nn.softmax(stage_logits(backbone, head, task, x))
+                                                       for head, backbone in stages])
+        return [p.numpy()[0].astype(np.float64) for p in self._predict(tf.constant(inputs[None]))]
+
+    def pooled_features(self, image):
+        """{block: L2-normalised pooled features [C]} of one image, on the view the gallery was embedded with."""
+        import tensorflow as tf
+
+        from psl_keras.evaluation import knn as knn_lib
+        from psl_keras.evaluation.preprocessing import center_view
+
+        backbone, size = self.backbone, self.image_size
+        with self._lock:
+            if self._embed is None:
+                self._embed = tf.function(lambda image: knn_lib.pooled_features(
+                    backbone, center_view(image, size)[None], BLOCK_NAMES))
+        return {b: f.numpy()[0] for b, f in self._embed(tf.constant(image)).items()}
 
 
 class RunCache:
@@ -174,16 +226,29 @@ def model_input_side(image_size):
     return image_size if image_size <= 64 else round(image_size * 256 / 224)
 
 
-def for_display(image):
-    """A float [0, 1] or uint8 image as uint8, small ones enlarged without smoothing so pixels stay visible."""
+def for_display(image, enlarge=True):
+    """A float [0, 1] or uint8 image as uint8, small ones enlarged without smoothing so pixels stay visible
+    (`enlarge=False`: as it is, for thumbnails the page itself scales up, pixelated)."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         image = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
     side = min(image.shape[:2])
-    if side < DISPLAY_SIDE:
+    if enlarge and side < DISPLAY_SIDE:
         factor = int(np.ceil(DISPLAY_SIDE / side))
         image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
     return image
+
+
+def png_data_uri(image):
+    """A uint8 image as a PNG `data:` URI, for pictures written into the page itself."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # --- retrieval ----------------------------------------------------------------------------------------
@@ -191,7 +256,7 @@ def for_display(image):
 
 def parse_gallery(spec):
     """'cifar10:test' -> ('cifar10', 'test'); 'folder:/images' -> ('folder:/images', 'test')."""
-    if spec.startswith(data_lib.FOLDER_PREFIX):
+    if spec.startswith(FOLDER_PREFIX):
         return spec, "test"
     name, _, split = spec.partition(":")
     if not name:
@@ -200,9 +265,11 @@ def parse_gallery(spec):
 
 
 class Gallery:
-    """The first `size` images of a labelled split: thumbnails for the page, embeddings cached on disk."""
+    """The first `size` images of a split: thumbnails and captions for the page, embeddings cached on disk and,
+    centred on the gallery's mean, in memory."""
 
     THUMBNAIL_SIDE = 96
+    KEPT_BANKS = 16  # (run, block) embeddings kept in memory
 
     def __init__(self, spec, data_dir, size, cache_dir, download=False):
         self.spec = spec
@@ -214,11 +281,15 @@ class Gallery:
         self._lock = threading.Lock()
         self._source = None
         self._thumbnails = None
+        self._banks = collections.OrderedDict()
+        self._run_locks = {}
 
     @property
     def source(self):
         with self._lock:
             if self._source is None:
+                from psl_keras import data as data_lib
+
                 self._source = data_lib.load_images(self.name, self.data_dir or None, self.split,
                                                     download=self.download).head(self.size)
             return self._source
@@ -228,19 +299,35 @@ class Gallery:
         self._load_thumbnails()
         return self._labels
 
+    @property
+    def has_labels(self):
+        return bool(len(self.labels)) and int(self.labels.max()) >= 0
+
     def class_name(self, label):
         names = self.source.class_names
         return names[label] if 0 <= label < len(names) else str(label)
+
+    def caption(self, index):
+        """What names gallery image `index` on the page: its class, and its file name in a folder gallery."""
+        label = int(self.labels[index])
+        ids = self.source.ids if isinstance(self.source.ids, np.ndarray) else None
+        parts = ([self.class_name(label)] if label >= 0 else []) + (
+            [os.path.basename(str(ids[index]))] if ids is not None and self.name.startswith(FOLDER_PREFIX) else [])
+        return ", ".join(parts) or f"#{index}"
 
     def _load_thumbnails(self):
         with self._lock:
             if self._thumbnails is not None:
                 return
-        thumbnails, labels = [], []
-        for image, label in self.source.as_dataset().as_numpy_iterator():
-            side = min(image.shape[:2])
-            thumbnails.append(images_lib.fit_square(image, min(side, self.THUMBNAIL_SIDE)))
-            labels.append(int(label))
+        if self.source.arrays is not None and max(self.source.image_shape[:2]) <= self.THUMBNAIL_SIDE:
+            # Small images held in memory (CIFAR): they are their own thumbnails.
+            thumbnails, labels = self.source.arrays
+        else:
+            thumbnails, labels = [], []
+            for image, label in self.source.as_dataset().as_numpy_iterator():
+                side = min(image.shape[:2])
+                thumbnails.append(images_lib.fit_square(image, min(side, self.THUMBNAIL_SIDE)))
+                labels.append(int(label))
         with self._lock:
             self._thumbnails, self._labels = thumbnails, np.asarray(labels)
 
@@ -265,40 +352,81 @@ class Gallery:
     def embeddings(self, loaded, block, on_progress=None):
         """L2-normalised pooled `block` features of every gallery image under `loaded`'s backbone.
 
-        Computed once per (run files, block, gallery) and kept in the cache directory; a retrained run has
-        other file times, hence another cache entry."""
+        One pass through the backbone embeds every block (the forward computes them all anyway); each is kept
+        in the cache directory per (run files, block, gallery), so a retrained run, with other file times, gets
+        other entries. A run is embedded by one thread at a time: a request arriving while the start-up's
+        background work embeds it waits for that result instead of computing it again."""
+        with self._lock:
+            run_lock = self._run_locks.setdefault(os.path.abspath(loaded.run.backbone_path), threading.Lock())
+        with run_lock:
+            cached = self._read_cached(loaded, block)
+            if cached is not None:
+                return cached
+            from psl_keras.evaluation import knn as knn_lib
+
+            features, _ = knn_lib.extract_features(loaded.backbone, self.source, loaded.image_size, BLOCK_NAMES,
+                                                   batch_size=500, on_progress=on_progress)
+            for name, values in features.items():
+                with atomic_path(self._cache_path(loaded, name)) as tmp:
+                    np.save(tmp, values)
+            return features[block]
+
+    def _read_cached(self, loaded, block):
         path = self._cache_path(loaded, block)
-        if os.path.exists(path):
-            try:
-                cached = np.load(path)
-                if cached.shape[0] == len(self):
-                    return cached
-            except (OSError, ValueError):
-                pass  # damaged: computed again below
-        features, _ = knn_lib.extract_features(loaded.backbone, self.source, loaded.image_size, [block],
-                                               on_progress=on_progress)
-        with atomic_path(path) as tmp:
-            np.save(tmp, features[block])
-        return features[block]
+        try:
+            cached = np.load(path)
+            return cached if cached.shape[0] == len(self) else None
+        except (OSError, ValueError):
+            return None  # missing or damaged: computed (again)
+
+    def bank(self, loaded, block, on_progress=None):
+        """(the gallery's embeddings centred on their mean and L2-normalised again, that mean).
+
+        Pooled post-ReLU features all lie in one orthant, so plain cosines crowd near 1 (at B5 every one read
+        1.000); centred, they say which images are alike relative to the rest of the gallery."""
+        key = self._cache_path(loaded, block)
+        with self._lock:
+            if key in self._banks:
+                self._banks.move_to_end(key)
+                return self._banks[key]
+        features = self.embeddings(loaded, block, on_progress)
+        mean = features.mean(axis=0)
+        entry = (normalize(features - mean), mean)
+        with self._lock:
+            self._banks[key] = entry
+            while len(self._banks) > self.KEPT_BANKS:
+                self._banks.popitem(last=False)
+        return entry
+
+
+def normalize(vectors):
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclasses.dataclass
 class Neighbours:
     indices: np.ndarray
-    similarities: np.ndarray
-    vote: int  # the kNN-vote label
+    similarities: np.ndarray  # centred cosine similarity to the query
+    vote: int  # the weighted kNN vote's label; None for a gallery without labels
 
 
-def nearest(loaded, gallery, query_image, block, k, temperature=0.07, on_progress=None):
-    """The k most similar gallery images to a query (cosine on pooled block features) and the weighted vote."""
+def nearest(loaded, gallery, query_image, block, k, temperature=0.07, exclude=None, on_progress=None):
+    """The k gallery images most similar to a query (centred cosine on pooled block features) and their
+    weighted vote. `exclude`: the query's own gallery index, left out of its neighbours."""
     if block not in BLOCK_NAMES:
         raise PSLError(f"Block {block!r} is not one of {', '.join(BLOCK_NAMES)}.")
-    bank = gallery.embeddings(loaded, block, on_progress)
-    k = int(max(1, min(int(k), len(bank))))
-    view = center_view(query_image, loaded.image_size)[None]  # the view the gallery was embedded with
-    q = knn_lib.pooled_features(loaded.backbone, view, [block])[block].numpy()
-    similarity = bank @ q[0]
+    bank, mean = gallery.bank(loaded, block, on_progress)
+    query = normalize(loaded.pooled_features(query_image)[block] - mean)
+    similarity = bank @ query
+    if exclude is not None:
+        similarity[int(exclude)] = -np.inf
+    k = int(max(1, min(int(k), len(bank) - (exclude is not None))))
     order = np.argsort(-similarity, kind="stable")[:k]
-    labels = gallery.labels
-    vote = int(knn_lib.knn_predict(bank, labels, q, int(labels.max()) + 1, k, temperature)[0])
+    vote = None
+    if gallery.has_labels:
+        labels = gallery.labels[order]
+        weights = np.exp(similarity[order] / temperature)
+        known = labels >= 0
+        if known.any():
+            vote = int(np.argmax(np.bincount(labels[known], weights[known])))
     return Neighbours(order, similarity[order], vote)

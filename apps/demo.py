@@ -8,6 +8,7 @@ Binds to 127.0.0.1 unless --host says otherwise; a public link only with --share
 
 import logging as std_logging
 import os
+import socket
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,33 +43,65 @@ def check_flags():
     return problems
 
 
+def port_problem(host, port):
+    """Why the server could not listen on host:port ("" when it can)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            return (f"cannot listen on {host}:{port} ({err.strerror or err}): another program (an earlier demo?) "
+                    f"is using the port. Stop it, or pass another --port, e.g. --port={port + 1}")
+    return ""
+
+
 def main(argv):
     if len(argv) > 1:
         raise absl_app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    problems = check_flags()
+    problems = check_flags() + [p for p in [port_problem(FLAGS.host, FLAGS.port)] if p]
     if problems:
         print("error: " + "; ".join(problems) + ".", file=sys.stderr)
         return 2
     std_logging.getLogger("httpx").setLevel(std_logging.WARNING)
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from apps.core import Gallery
-    from apps.page import CSS, DemoApp
+    from apps.core import Gallery, check_runs_dir
     from psl_keras.errors import PSLError
 
+    try:
+        check_runs_dir(FLAGS.runs_dir)
+    except PSLError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     cache_dir = FLAGS.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "psl_keras", "demo")
     gallery = Gallery(FLAGS.gallery, FLAGS.data_dir, FLAGS.gallery_size, cache_dir, FLAGS.download)
-    try:
-        len(gallery)  # a gallery that cannot load is reported now, not at the first request
-    except PSLError as err:
-        print(f"error: --gallery={FLAGS.gallery}: {err}", file=sys.stderr)
-        return 2
-    demo = DemoApp(FLAGS.runs_dir, gallery, FLAGS.max_loaded_runs, FLAGS.max_upload_mb * 2**20)
+    from apps.page import CSS, DemoApp
+
+    demo = DemoApp(FLAGS.runs_dir, gallery, FLAGS.max_loaded_runs, FLAGS.max_upload_mb * 2**20, FLAGS.data_dir)
+    # The page is served first; the gallery and its embeddings load in the background after it. (Not beside
+    # the page's imports: CPython 3.11 can fail compiling modules in two threads at once, and TFDS swaps
+    # Python's import function while it loads.)
     page = demo.build()
+    page.queue(default_concurrency_limit=1)
+    try:
+        page.launch(server_name=FLAGS.host, server_port=FLAGS.port, share=FLAGS.share, quiet=True,
+                    max_file_size=f"{FLAGS.max_upload_mb}mb", show_error=True, css=CSS, footer_links=["api"],
+                    prevent_thread_lock=True)
+    except OSError as err:  # the port was taken between the check and now
+        print(f"error: {port_problem(FLAGS.host, FLAGS.port) or err}.", file=sys.stderr)
+        return 2
+    demo.warm_up()
+    demo.gallery_ready.wait()
+    if demo.gallery_error:  # the app stops: a page without its gallery would fail every request
+        page.close()
+        print(f"error: --gallery={FLAGS.gallery}: {demo.gallery_error}", file=sys.stderr)
+        return 2
     print(f"{len(demo.runs)} run(s) under {os.path.abspath(FLAGS.runs_dir)}; gallery {FLAGS.gallery} "
-          f"({len(gallery)} images).", flush=True)
-    page.queue(default_concurrency_limit=1).launch(
-        server_name=FLAGS.host, server_port=FLAGS.port, share=FLAGS.share, max_file_size=f"{FLAGS.max_upload_mb}mb",
-        show_error=True, css=CSS, footer_links=["api"])
+          f"({len(gallery)} images).\nServing on {page.local_url}" + (f" and {page.share_url}" if page.share_url else
+                                                                   " (--share adds a public link)")
+          + "; Ctrl-C stops it.", flush=True)
+    try:
+        page.block_thread()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

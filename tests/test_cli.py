@@ -116,6 +116,13 @@ def test_evaluate_all_blocks_and_knn_side_by_side(tiny_cifar_run, tmp_path):
     with open(tmp_path / "knn" / "results.md") as f:
         markdown = f.read()
     assert "k=20," in markdown and "k=200," in markdown
+    # More neighbours than the bank holds: refused by name, not computed with fewer under the asked k's label.
+    result = _run("evaluate.py", "--probe=knn", f"--runs={tiny_cifar_run}", f"--data_dir={SHARED_TFDS}",
+                  "--train_split=train[:500]", "--k=999999", "--eval_split=test[:100]",
+                  f"--output_dir={tmp_path / 'knn_big_k'}")
+    assert result.returncode == 2 and "--k=999999 is more neighbours than the kNN bank holds (500 examples" \
+        in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "knn_big_k" / "results.json").exists()
 
 
 def test_evaluate_bad_inputs_are_clear_errors(tmp_path):

@@ -98,3 +98,18 @@ def test_library_configs_are_checked_too(tmp_path):
             Trainer(tiny_config(tmp_path, **{field: value}), verbose=0)
     with pytest.raises(PSLError, match="--rotation_crop_fraction=1.5: must be a number in"):
         Trainer(tiny_config(tmp_path, task_options={"crop_fraction": 1.5}), verbose=0)
+
+
+def test_the_quick_preset_is_the_small_one_on_a_smaller_budget_for_every_task():
+    """cifar10_quick: what the demo's runs use. Each task keeps its own cifar10_small settings (jigsaw's batch,
+    the contrastive optimizers) where it names none for the quick preset; explicit flags still win."""
+    from psl_keras.config import resolve_config
+    from psl_keras.tasks import TASKS
+
+    for task in TASKS:
+        small, quick = resolve_config("cifar10_small", {"task": task}), resolve_config("cifar10_quick", {"task": task})
+        assert (quick.width, quick.split, quick.epochs_per_stage, quick.knn_monitor) == (0.25, "train[:20000]", 3, True)
+        assert (quick.optimizer, quick.lr, quick.weight_decay) == (small.optimizer, small.lr, small.weight_decay)
+        assert quick.task_options == small.task_options
+    assert resolve_config("cifar10_quick", {"task": "jigsaw"}).batch_size == 128
+    assert resolve_config("cifar10_quick", {"task": "rotation", "batch_size": 64}).batch_size == 64

@@ -24,7 +24,13 @@ def grid_picture(tiles, order=None):
 
 
 def permutation_text(permutation):
-    return "".join(str(int(v)) for v in permutation)
+    """A permutation as its 3x3 grid, row by row: slot k holds the tile from grid cell permutation[k]."""
+    values = [str(int(v)) for v in permutation]
+    return " / ".join(" ".join(values[r:r + 3]) for r in (0, 3, 6))
+
+
+def tiles_in_place(guess, applied):
+    return sum(int(a) == int(b) for a, b in zip(guess, applied))
 
 
 class JigsawTab(PredictionTab):
@@ -34,16 +40,17 @@ class JigsawTab(PredictionTab):
              "stage's head names the permutation from its own set (C1 ⊂ C2 ⊂ C3).")
     button_label = "Solve the puzzle"
     view_label = "The puzzle as the model sees it (tiles in input order)"
+    warm_up_controls = ("1", -1, 0)
     picture_label = "the tiles put back by the top guess"
 
     def controls(self):
-        return [gr.Dropdown([("C1", 1), ("C2", 2), ("C3", 3)], value=1, label="Set of the applied permutation"),
+        return [gr.Dropdown([("C1", "1"), ("C2", "2"), ("C3", "3")], value="1", label="Set of the applied permutation"),
                 gr.Number(label="Permutation index in that set (-1: random)", value=-1, precision=0),
                 gr.Number(label="Seed (crop, tiles, random permutation)", value=0, precision=0)]
 
     def predict(self, run_name, upload, example, level, index, seed):
         loaded, stages = self.loaded_run(run_name)
-        image, described = self.app.input_image(upload, example, loaded.image_size)
+        image, described, _ = self.app.input_image(upload, example, loaded.image_size)
         task = loaded.task
         level, seed = int(level), int(seed or 0)
         permutations = task.level_permutations(level)
@@ -57,21 +64,25 @@ class JigsawTab(PredictionTab):
         puzzle = puzzle.numpy()
         applied = tuple(int(v) for v in permutations[int(label)])
         results = []
-        for head, probabilities in self.stage_probabilities(stages, task, puzzle):
+        for head, probabilities in self.stage_probabilities(loaded, stages, puzzle):
             head_set = task.level_permutations(head.level)
             top = np.argsort(-probabilities, kind="stable")[:5]
             best = tuple(int(v) for v in head_set[top[0]])
             if int(label) >= len(head_set):  # the sets nest as prefixes
                 verdict = (f"**Not in its set:** S{head.stage} knows C{head.level} ({len(head_set)} permutations); "
-                           f"it guessed #{int(top[0])}")
+                           f"its guess #{int(top[0])} puts {tiles_in_place(best, applied)} of 9 tiles in place")
             elif best == applied:
-                verdict = f"**Right:** #{int(top[0])} ({permutation_text(best)})"
+                verdict = f"**Right:** #{int(top[0])}, every tile in place"
             else:
-                verdict = f"**Wrong:** guessed #{int(top[0])} ({permutation_text(best)})"
-            title = f"### S{head.stage} · head on {head.last_block} · C{head.level} ({len(head_set)})"
-            top5 = {f"#{int(i)} {permutation_text(head_set[i])}": float(probabilities[i]) for i in top}
+                verdict = (f"**Wrong:** guessed #{int(top[0])}, {tiles_in_place(best, applied)} of 9 tiles in "
+                           f"place")
+            title = (f"### S{head.stage} · head on {head.last_block} · C{head.level} ({len(head_set)})"
+                     f"{self.chance(probabilities)}")
+            top5 = {f"#{int(i)} · {tiles_in_place(head_set[i], applied)}/9 tiles in place": float(probabilities[i])
+                    for i in top}
             results.append((title, top5, grid_picture(puzzle, best), verdict))
-        status = (f"**{described}**, shuffled by **#{int(label)} {permutation_text(applied)}** of C{level} "
-                  f"(seed {seed}): input slot k shows grid cell permutation[k]. Each picture below puts the tiles "
-                  f"back where that stage's top guess says they belong.")
-        return [grid_picture(puzzle), status] + self.stage_outputs(results)
+        status = (f"**{described}**, shuffled by permutation **#{int(label)}** of C{level} (seed {seed}), "
+                  f"`{permutation_text(applied)}`: slot k of the puzzle (left to right, top to bottom) holds "
+                  f"the tile of grid cell k of that list. Each picture below puts the tiles back where that "
+                  f"stage's top guess says they belong.")
+        return [grid_picture(puzzle), status] + self.stage_outputs(results, self.picture_label)

@@ -229,6 +229,11 @@ def knn_by_k(run, config, ks, sources=None, verbose=1):
     image_size = check_resolution(backbone, train, run.name)
     if verbose:
         print(f"[{run.name}] kNN: features of {config.train_split} and {config.eval_split}")
+    bank_size = min(train.num_examples, config.knn_train_examples or train.num_examples)
+    if max(ks) > bank_size:
+        raise PSLError(f"--k={max(ks)} is more neighbours than the kNN bank holds ({bank_size} examples of "
+                       f"{train.name} {config.train_split}); give --k={bank_size} or fewer, or a larger bank "
+                       f"(--train_split, --knn_train_examples).")
     bank, bank_labels = knn_lib.extract_features(backbone, train, image_size, config.blocks, config.batch_size,
                                                  limit=config.knn_train_examples, verbose=verbose)
     queries, query_labels = knn_lib.extract_features(backbone, held_out, image_size, config.blocks,

@@ -36,6 +36,10 @@ class Task:
         """Number of classes of the task at `level` (1-based)."""
         raise NotImplementedError
 
+    def chance_accuracy(self, level):
+        """The pretext accuracy of guessing at random at `level` (None where accuracy has no fixed chance)."""
+        return 1.0 / self.num_classes(level)
+
     def describe_level(self, level):
         """A short human-readable description of `level`, for logs and summary.json."""
         return f"{self.name} G{level}: {self.num_classes(level)} classes"

@@ -69,6 +69,9 @@ class ContrastiveTask(Task):
     def num_classes(self, level):
         raise NotImplementedError(f"{self.name} has no classes: it contrasts views.")
 
+    def chance_accuracy(self, level):
+        return None  # the candidates a positive is found among depend on the batch (and the queue)
+
     def describe_level(self, level):
         return f"{self.name} T{level} = {self.ladder.describe(level)}"
 

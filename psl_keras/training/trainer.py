@@ -386,6 +386,7 @@ class Trainer:
             "steps_per_epoch": steps_per_epoch,
             "final_loss": logs.get("loss"),
             "final_accuracy": logs.get("accuracy"),
+            "chance_accuracy": self.task.chance_accuracy(stage.level),
             "wall_time_s": wall_time,
             "images_per_sec": images_per_sec,
             "knn_accuracy": knn_accuracy,
