@@ -39,6 +39,7 @@ class Mutant:
 STAGES = ("tests/test_stages.py", "tests/test_distribute.py", "tests/test_training.py")
 ROTATION = ("tests/test_rotation.py", "tests/test_stages.py")
 JIGSAW = ("tests/test_jigsaw.py",)
+SHORTCUTS = ("tests/test_shortcuts.py",)
 DATA = ("tests/test_data.py", "tests/test_training.py")
 OPTIM = ("tests/test_optim.py", "tests/test_training.py")
 TRAINING = ("tests/test_training.py",)
@@ -117,6 +118,12 @@ MUTANTS = (
            (("return ops.reshape(inputs, (-1, shape[2], shape[3], shape[4]))",
              "return ops.reshape(ops.transpose(inputs, (1, 0, 2, 3, 4)), (-1, shape[2], shape[3], shape[4]))"),),
            JIGSAW),
+    Mutant("T12", "jigsaw's gapped geometry at small images only (224-px puzzles solvable from their edges)",
+           "psl_keras/tasks/jigsaw.py",
+           (('if self.geometry == "gapped" and (small or gapped_sizes == "all") and not crop_size:',
+             'if self.geometry == "gapped" and small and not crop_size:'),), JIGSAW + SHORTCUTS),
+    Mutant("T13", "jigsaw's gapped cells barely larger than their tiles", "psl_keras/tasks/jigsaw.py",
+           (("crop = 2 * tile_size * GRID", "crop = round(1.2 * tile_size) * GRID"),), SHORTCUTS),
     # --- data: order, seeding, sharding, batches, resume ---------------------------------------------
     Mutant("D1", "in-memory shuffle ignores the seed", "psl_keras/data/__init__.py",
            (("np.random.default_rng(seed).permutation", "np.random.default_rng(0).permutation"),), DATA),

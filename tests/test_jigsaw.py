@@ -8,7 +8,7 @@ import tensorflow as tf
 from psl_keras import stages
 from psl_keras.backbones import backbone_blocks, build_backbone
 from psl_keras.errors import PSLError
-from psl_keras.tasks import build_task
+from psl_keras.tasks import build_task, complete_options
 from psl_keras.tasks import jigsaw
 
 from conftest import synthetic_images
@@ -99,8 +99,16 @@ def test_preprocess_shapes_labels_and_tile_normalisation(tmp_path, monkeypatch):
         means = puzzle.numpy().mean(axis=(1, 2))
         assert np.allclose(means, 0.45, atol=1e-3)  # every tile brought to the same mean
     assert labels == set(range(10))
+    # 224 px: the paper's 64-px tiles, in 128-px cells by default, in its 75-px cells with geometry=standard; a run
+    # saved before gapped 224-px tiles (geometry=gapped recorded, gapped_sizes not) keeps the paper's cells.
     large = build_task("jigsaw", 224, options={"set_sizes": "5,10,20"})
-    assert (large.resize_shorter, large.crop_size, large.cell_size, large.tile_size) == (256, 225, 75, 64)
+    assert (large.resize_shorter, large.crop_size, large.cell_size, large.tile_size) == (437, 384, 128, 64)
+    paper = build_task("jigsaw", 224, options={"set_sizes": "5,10,20", "geometry": "standard"})
+    assert (paper.resize_shorter, paper.crop_size, paper.cell_size, paper.tile_size) == (256, 225, 75, 64)
+    saved = complete_options("jigsaw", {"set_sizes": "5,10,20", "geometry": "gapped"}, saved=True)
+    old = build_task("jigsaw", 224, options=saved)
+    assert (old.resize_shorter, old.crop_size, old.cell_size, old.tile_size) == (256, 225, 75, 64)
+    assert build_task("jigsaw", 32, options=saved).cell_size == 54  # small images were gapped already
     with pytest.raises(PSLError, match="jigsaw_"):
         build_task("jigsaw", 32, options={"set_sizes": "10,5,20"})
 

@@ -114,19 +114,26 @@ class JigsawTask(Task):
         "tile_color_jitter": (0.0, "Per-tile random colour shift, +- this much per channel.", fraction()),
         "tile_grayscale": (0.0, "Probability of turning a tile grey.", fraction()),
         "tile_embedding": (0, "Per-tile embedding width in the head (0: head_hidden).", non_negative_int()),
-        "geometry": ("gapped", "gapped: at <=64 px tiles of the same size in cells twice as large, so neighbours "
-                               "are ~5 source pixels apart; standard: the geometry of runs made before gapped tiles.",
+        "geometry": ("gapped", "gapped: the paper's tiles in cells twice their size, so facing borders are far "
+                               "enough apart not to continue; standard: the paper's geometry (64-px tiles in 75-px "
+                               "cells at 224 px).",
                      GEOMETRIES),
+        "gapped_sizes": ("all", "Image sizes the gapped geometry applies to: all, or small (<=64 px; runs saved "
+                                "before gapped 224-px tiles used the standard geometry above 64 px).",
+                         ("all", "small")),
     }
-    LEGACY_OPTIONS = {"geometry": "standard"}
+    LEGACY_OPTIONS = {"geometry": "standard", "gapped_sizes": "small"}
 
     def __init__(self, image_size, head_hidden=256, sync_bn=False, set_sizes=DEFAULT_SET_SIZES,
                  permutation_seed=0, resize_shorter=None, crop_size=None, tile_size=None,
-                 tile_color_jitter=0.0, tile_grayscale=0.0, tile_embedding=None, geometry="gapped"):
+                 tile_color_jitter=0.0, tile_grayscale=0.0, tile_embedding=None, geometry="gapped",
+                 gapped_sizes="all"):
         super().__init__(image_size, head_hidden, sync_bn)
         if geometry not in self.GEOMETRIES:
             raise ValueError(f"geometry must be one of {', '.join(self.GEOMETRIES)}, got {geometry!r}.")
-        self.geometry = geometry
+        if gapped_sizes not in ("all", "small"):
+            raise ValueError(f"gapped_sizes must be all or small, got {gapped_sizes!r}.")
+        self.geometry, self.gapped_sizes = geometry, gapped_sizes
         if isinstance(set_sizes, str):
             set_sizes = set_sizes.split(",")
         sizes = tuple(int(s) for s in set_sizes)
@@ -139,11 +146,13 @@ class JigsawTask(Task):
         small = self.image_size <= 64
         # Proportions of the paper's 256 -> 225 crop -> 75 cells -> 64 tiles, upsampled for small images.
         crop = int(crop_size or (3 * self.image_size if small else round(self.image_size * 225 / 224)))
-        if small and self.geometry == "gapped" and not crop_size:
-            # At the standard small geometry facing tiles are ~1.5 source pixels apart, and an edge-matching
-            # solver with no learning solves 50% of 16-way puzzles (chance 6%). The same tiles in cells twice
-            # their size (the image upsampled more) leave ~5 source pixels: 11% (benchmarks/shortcuts.py).
-            tile_size = int(tile_size or round(self.image_size * 64 / 75))
+        if self.geometry == "gapped" and (small or gapped_sizes == "all") and not crop_size:
+            # In the paper's geometry facing tiles are close enough that an edge-matching solver with no
+            # learning solves many puzzles: 50% of 16-way CIFAR puzzles, 43% of 224-px puzzles of photographs
+            # (chance 6%). The same tiles in cells twice their size (the image upsampled more, so the network
+            # sees tiles of the paper's size) leave twice the gap: near chance on both
+            # (benchmarks/shortcuts.py, benchmarks/jigsaw_photos.py).
+            tile_size = int(tile_size or round(crop / GRID * 64 / 75))
             crop = 2 * tile_size * GRID
         self.cell_size = crop // GRID
         self.crop_size = self.cell_size * GRID
@@ -249,5 +258,6 @@ class JigsawTask(Task):
             set_sizes=list(self.set_sizes), permutation_seed=self.permutation_seed,
             resize_shorter=self.resize_shorter, crop_size=self.crop_size, tile_size=self.tile_size, tile_color_jitter=self.tile_color_jitter,
             tile_grayscale=self.tile_grayscale, tile_embedding=self.tile_embedding, geometry=self.geometry,
+            gapped_sizes=self.gapped_sizes,
         )
         return config

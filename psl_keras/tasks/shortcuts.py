@@ -8,7 +8,8 @@ A pretext task teaches objects only if such cues are absent. Each probe returns 
   the two families and every pair of angles (AUC; 0.5 = no cue), on content-free noise and on real images.
 - Jigsaw: facing tile edges that (nearly) touch can be matched. `jigsaw_edge_probe` solves puzzles by
   picking, among K candidate permutations, the one whose reassembly has the smallest squared difference
-  across the touching rows and columns of neighbouring tiles (accuracy; chance 1/K).
+  across the touching rows and columns of neighbouring tiles (accuracy; chance 1/K). Natural photographs are
+  smooth across gaps that noise is not: `photograph_crops` gives crops of real photographs to probe with.
 """
 
 import numpy as np
@@ -101,10 +102,11 @@ def jigsaw_edge_probe(task, images, level=1, candidates=16, seed=0):
     permutations of the level's set (every puzzle uses one of them). Returns {"accuracy", "chance"}."""
     permutations = np.asarray(task.level_permutations(level))[:candidates]
     rng = np.random.default_rng(seed)
+    make_example = tf.function(lambda image, key, label: task.make_example(image, key, level, label))
     correct = 0
     for i, image in enumerate(images):
         label = int(rng.integers(len(permutations)))
-        puzzle, _ = task.make_example(tf.constant(image), tf.constant([seed, i], tf.int64), level, label)
+        puzzle, _ = make_example(tf.constant(image), tf.constant([seed, i], tf.int64), tf.constant(label))
         puzzle = puzzle.numpy()
         scores = []
         for permutation in permutations:
@@ -126,3 +128,27 @@ def noise_images(count, size, seed=0, smooth=0.0):
         images = gaussian_blur(tf.constant(images), tf.fill([count], float(smooth)), radius).numpy()
         images = (images - images.mean()) / (images.std() + 1e-6) * 48 + 128
     return np.clip(images, 0, 255).astype(np.uint8)
+
+
+PHOTOGRAPHS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+
+
+def photograph_crops(count, side=256, seed=0):
+    """Random `side`-px crops of freely licensed colour photographs (the sample photos scikit-image ships:
+    astronaut, cat, coffee cup, rocket launch, motorcycle; at their own resolution), [count, side, side, 3] uint8."""
+    from importlib.resources import files
+
+    from PIL import Image
+
+    try:
+        folder = files("skimage.data")
+    except ModuleNotFoundError:
+        raise RuntimeError("The photographs are scikit-image's sample data: pip install scikit-image.") from None
+    photos = [np.asarray(Image.open(folder / name).convert("RGB")) for name in PHOTOGRAPHS]
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(count):
+        photo = photos[rng.integers(len(photos))]
+        y, x = (rng.integers(photo.shape[axis] - side + 1) for axis in (0, 1))
+        crops.append(photo[y:y + side, x:x + side])
+    return np.stack(crops)
