@@ -30,6 +30,8 @@ from psl_keras.tasks import build_task  # noqa: E402
 
 SETTINGS = {
     "resnet50": dict(backbone="resnet50", image_size=224, batch=16, width=1.0),
+    "resnet50_b32": dict(backbone="resnet50", image_size=224, batch=32, width=1.0),
+    "revnet50_b32": dict(backbone="revnet50", image_size=224, batch=32, width=1.0),
     "cifar": dict(backbone="resnet18", image_size=32, batch=256, width=1.0),
     "cifar_small": dict(backbone="resnet18", image_size=32, batch=512, width=0.5),
 }
@@ -81,7 +83,7 @@ def run_setting(name, steps, jit_compile, mixed_precision):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="resnet50,cifar", help="comma-separated: resnet50, cifar, cifar_small")
+    parser.add_argument("--settings", default="resnet50,cifar", help="comma-separated: " + ", ".join(SETTINGS))
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--jit_compile", action="store_true", help="compile steps with XLA")
     parser.add_argument("--mixed_precision", action="store_true", help="mixed_bfloat16 policy")

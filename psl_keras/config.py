@@ -37,6 +37,9 @@ class TrainConfig:
     backbone: str = setting("resnet18", "Backbone (psl_keras.backbones.BACKBONES).")
     width: float = setting(1.0, "Backbone width multiplier.", allowed=positive())
     stem: str = setting("auto", "Backbone stem; auto: CIFAR stem for inputs of 64 px or less, else ImageNet.", STEMS)
+    revnet_recompute: bool = setting(True, "RevNets: rebuild each reversible unit's input from its output in the "
+                                           "backward pass instead of storing activations (less memory, about one "
+                                           "more forward pass of those units; the same gradients).")
     image_size: int = setting(32, "Side of the square training input.", allowed=Range(8, 4096, integer=True))
     sync_bn: bool = setting(False, "Synchronise BatchNorm statistics across replicas.")
     head_hidden: int = setting(256, "Hidden units of the stage heads.", allowed=positive_int())

@@ -15,7 +15,9 @@ def block_macs(block):
     layers; the sub-model must have fixed input shapes (see `macs_per_block`)."""
     total = 0
     for layer in block.layers:
-        if isinstance(layer, keras.layers.Conv2D):
+        if hasattr(layer, "forward_macs"):  # a layer of its own sub-layers (RevNet's reversible units)
+            total += layer.forward_macs(tuple(layer.input.shape[1:]))
+        elif isinstance(layer, keras.layers.Conv2D):
             _, h, w, c_out = layer.output.shape
             kh, kw = layer.kernel_size
             total += h * w * kh * kw * layer.input.shape[-1] * c_out // layer.groups

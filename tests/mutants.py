@@ -52,6 +52,7 @@ BYOL = ("tests/test_byol.py",)
 JAX = ("tests/test_jax.py",)
 IMAGES = ("tests/test_images.py", "tests/test_properties.py")
 DEMO = ("tests/test_demo.py",)
+REVNET = ("tests/test_revnet.py",)
 
 MUTANTS = (
     # --- stages: isolation, frozen statistics, loss scaling, decay targets, the plan -------------------
@@ -124,6 +125,18 @@ MUTANTS = (
              'if self.geometry == "gapped" and small and not crop_size:'),), JIGSAW + SHORTCUTS),
     Mutant("T13", "jigsaw's gapped cells barely larger than their tiles", "psl_keras/tasks/jigsaw.py",
            (("crop = 2 * tile_size * GRID", "crop = round(1.2 * tile_size) * GRID"),), SHORTCUTS),
+    # --- RevNet: the recomputing backward pass --------------------------------------------------------
+    Mutant("V1", "RevNet backward pass recomputes G from the wrong half", "psl_keras/backbones/revnet.py",
+           (("g_out, g_backward = residual_vjp(unit.g, y1)", "g_out, g_backward = residual_vjp(unit.g, y2)"),),
+           REVNET),
+    Mutant("V2", "RevNet backward pass rebuilds a unit's input without subtracting G", "psl_keras/backbones/revnet.py",
+           (("x2 = y2 - g_out", "x2 = y2 - 0 * g_out"),), REVNET),
+    Mutant("V3", "RevNet's reversible units store activations although recompute is on",
+           "psl_keras/backbones/revnet.py", (("if not self.recompute or not self.depth:", "if True:"),), REVNET),
+    Mutant("V4", "RevNet backward pass recomputes from the variables, not the values it differentiates",
+           "psl_keras/backbones/revnet.py",
+           (("    with keras.StatelessScope(state_mapping=list(zip(variables, values))):\n        return",
+             "    if True:\n        return"),), REVNET),
     # --- data: order, seeding, sharding, batches, resume ---------------------------------------------
     Mutant("D1", "in-memory shuffle ignores the seed", "psl_keras/data/__init__.py",
            (("np.random.default_rng(seed).permutation", "np.random.default_rng(0).permutation"),), DATA),

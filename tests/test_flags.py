@@ -29,6 +29,7 @@ TRAIN = {
     "jigsaw_permutation_seed": ["-1"], "jigsaw_crop_size": ["-1"], "jigsaw_tile_size": ["-1"],
     "jigsaw_tile_color_jitter": ["-0.1"], "jigsaw_tile_grayscale": ["1.5"], "jigsaw_tile_embedding": ["-1"],
     "jigsaw_geometry": ["tight"],
+    "jigsaw_gapped_sizes": ["large"],
     **{f"{task}_{option}": values for task in ("simclr", "mocov2") for option, values in {
         "temperature": ["-1"], "projection_dim": ["0"], "strength": ["-1"], "blur_rate": ["2"],
         "sobel_rate": ["-0.5"]}.items()},
@@ -48,7 +49,7 @@ DEMO = {"gallery_size": ["0"], "port": ["0", "65536"], "max_loaded_runs": ["0"],
 UNCHECKED = {
     "train.py": {"dataset", "data_dir", "split", "output_dir", "stage_windows", "stage_epochs", "schedule_pattern",
                  "knn_split", "jigsaw_set_sizes", "resume", "sync_bn", "nesterov", "jit_compile",
-                 "mixed_precision", "knn_monitor", "deterministic", "download"},
+                 "mixed_precision", "knn_monitor", "deterministic", "download", "revnet_recompute"},
     "evaluate.py": {"runs", "dataset", "data_dir", "train_split", "eval_split", "output_dir", "schedule_pattern",
                     "blocks", "label_ids_file", "download", "resume_dir"},
     "apps/demo.py": {"runs_dir", "data_dir", "gallery", "host", "share", "cache_dir", "download"},

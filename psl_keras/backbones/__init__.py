@@ -18,15 +18,21 @@ BACKBONES = {
 }
 
 
-def build_backbone(name, image_size, stem=None, width=1.0, sync_bn=False):
-    """Builds a registered backbone. `stem=None` picks the CIFAR stem for inputs of 64 pixels or less."""
+# Backbones with reversible units, which take `recompute` (their memory-saving backward pass).
+REVERSIBLE = {"revnet50"}
+
+
+def build_backbone(name, image_size, stem=None, width=1.0, sync_bn=False, recompute=True):
+    """Builds a registered backbone. `stem=None` picks the CIFAR stem for inputs of 64 pixels or less;
+    `recompute` (reversible backbones) rebuilds activations in the backward pass instead of storing them."""
     if name not in BACKBONES:
         raise PSLError(
             f"Unknown backbone {name!r}. Choose one of: {', '.join(sorted(BACKBONES))} (--backbone)."
         )
     if stem is None:
         stem = "cifar" if image_size <= 64 else "imagenet"
-    return BACKBONES[name](image_size=image_size, stem=stem, width=width, sync_bn=sync_bn, name=name)
+    options = {"recompute": recompute} if name in REVERSIBLE else {}
+    return BACKBONES[name](image_size=image_size, stem=stem, width=width, sync_bn=sync_bn, name=name, **options)
 
 
 def backbone_blocks(backbone):

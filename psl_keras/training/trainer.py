@@ -35,7 +35,8 @@ from psl_keras.tasks import TASKS, build_task, complete_options
 
 # Settings that may change when a run is resumed; anything else must match the saved run. lr among them: the
 # way on after a NaN stop is a lower --lr from the last good checkpoint.
-RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "checkpoint_every_steps",
+RESUMABLE_FIELDS = {"output_dir", "data_dir", "strategy", "cpu_replicas", "jit_compile", "revnet_recompute",
+                    "checkpoint_every_steps",
                     "knn_monitor", "knn_split", "knn_k", "knn_temperature", "knn_bank_size", "lr"}
 
 
@@ -133,7 +134,8 @@ class Trainer:
             )
         stem = None if c.stem == "auto" else c.stem
         with self.runtime.scope():
-            self.backbone = build_backbone(c.backbone, c.image_size, stem=stem, width=c.width, sync_bn=c.sync_bn)
+            self.backbone = build_backbone(c.backbone, c.image_size, stem=stem, width=c.width, sync_bn=c.sync_bn,
+                                           recompute=c.revnet_recompute)
         self.blocks = backbone_blocks(self.backbone)
 
     def _load_training_source(self):
