@@ -1,5 +1,5 @@
 """Driving the demo as a visitor does: `python apps/demo.py` in its own process, Debian's Chromium through
-Playwright. Shared by the latency benchmark and the README's screenshots."""
+Playwright. Shared by the latency benchmark and the screenshots in docs/demo.md."""
 
 import contextlib
 import os

@@ -1,4 +1,4 @@
-"""Screenshots of every tab of the demo over real runs, for the README (and to look at before calling a page done).
+"""Screenshots of every tab of the demo over real runs, for docs/demo.md (and to look at before calling a page done).
 
   python benchmarks/demo_screenshots.py --runs_dir runs/demo --run_a rotation_psl --run_b rotation_e2e \
       --jigsaw_run jigsaw_psl --data_dir ~/tensorflow_datasets --out docs

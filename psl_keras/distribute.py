@@ -65,7 +65,7 @@ def _multi_worker():
         raise PSLError(
             "--strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
             'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-            '"task": {"type": "worker", "index": 0}}\'. See README (Distributed training).'
+            '"task": {"type": "worker", "index": 0}}\'. See docs/training.md (Distributed training).'
         )
     try:
         json.loads(os.environ["TF_CONFIG"])

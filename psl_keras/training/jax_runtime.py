@@ -21,6 +21,7 @@ import jax
 import keras
 import numpy as np
 
+import psl_keras
 from psl_keras import optim
 from psl_keras.data import arrays
 from psl_keras.atomic import atomic_path
@@ -162,7 +163,7 @@ class JaxRuntime:
         accelerators = [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip() for d in self.devices
                         if d.platform != "cpu"]
         return {"host": platform.node(), "cpu_cores": os.cpu_count(), "accelerators": accelerators,
-                "backend": "jax", "versions": {"jax": jax.__version__, "keras": keras.__version__}}
+                "backend": "jax", "versions": {"psl_keras": psl_keras.__version__, "jax": jax.__version__, "keras": keras.__version__}}
 
 
 class _StageState:

@@ -19,6 +19,7 @@ import time
 import keras
 import numpy as np
 
+import psl_keras
 from psl_keras import data as data_lib
 from psl_keras import distribute, optim, stages
 from psl_keras.training import loop
@@ -526,4 +527,4 @@ class TensorFlowRuntime:
         """Where the run was made (results tables say on which machine and backend each number was made)."""
         gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
         return {"host": platform.node(), "cpu_cores": os.cpu_count(), "accelerators": gpus,
-                "backend": "tensorflow", "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}}
+                "backend": "tensorflow", "versions": {"psl_keras": psl_keras.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}}
