@@ -343,7 +343,7 @@ MUTANTS = (
     Mutant("E13", "kNN uses k - 1 neighbours", "psl_keras/evaluation/knn.py",
            (("top_sim, top_index = tf.math.top_k(similarity, k=k)", "top_sim, top_index = tf.math.top_k(similarity, k=max(k - 1, 1))"),),
            EVALUATION),
-    Mutant("W1", "the demo's retrieval lists the least similar gallery images", "apps/core.py",
+    Mutant("W1", "the demo's retrieval lists the least similar gallery images", "psl_keras/demo/core.py",
            (("order = np.argsort(-similarity, kind=\"stable\")[:k]", "order = np.argsort(similarity, kind=\"stable\")[:k]"),),
            DEMO),
 )

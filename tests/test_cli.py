@@ -143,7 +143,7 @@ def test_evaluate_bad_inputs_are_clear_errors(tmp_path):
 def test_train_flags_are_generated_from_every_config_field():
     import dataclasses
 
-    import train
+    from psl_keras.cli import train
     from psl_keras.config import TrainConfig
 
     defaults = TrainConfig()

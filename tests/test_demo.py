@@ -349,8 +349,8 @@ def test_every_tab_in_a_real_browser(demo, tmp_path):
 
 def test_without_runs_the_page_says_how_to_train_one(tmp_path):
     sys.path.insert(0, REPO)
-    from apps.core import Gallery
-    from apps.page import DemoApp
+    from psl_keras.demo.core import Gallery
+    from psl_keras.demo.page import DemoApp
 
     app = DemoApp(str(tmp_path / "nothing_here"), Gallery("cifar10:test", str(tmp_path), 10, str(tmp_path)))
     rows, message = app.runs_table()
@@ -374,8 +374,8 @@ def test_bad_flags_and_a_missing_gallery_are_one_message(tmp_path):
 
 def test_runs_load_once_and_the_cache_is_bounded(demo):
     sys.path.insert(0, REPO)
-    from apps.core import Gallery
-    from apps.page import DemoApp
+    from psl_keras.demo.core import Gallery
+    from psl_keras.demo.page import DemoApp
 
     root = demo["root"]
     app = DemoApp(str(root / "runs"), Gallery(f"folder:{root / 'gallery'}", "", 24, str(root / "cache2")),
@@ -392,7 +392,7 @@ def test_runs_load_once_and_the_cache_is_bounded(demo):
 
 
 def test_a_run_still_training_shows_its_settings_and_progress(tmp_path):
-    from apps.core import discover_runs
+    from psl_keras.demo.core import discover_runs
 
     run = tmp_path / "runs" / "going"
     run.mkdir(parents=True)
@@ -470,7 +470,7 @@ def test_a_port_in_use_and_a_runs_dir_that_is_a_file_are_one_message(tmp_path):
 
 
 def test_a_runs_dir_that_is_one_run_names_it_by_its_folder(demo):
-    from apps.core import discover_runs
+    from psl_keras.demo.core import discover_runs
 
     (info,) = discover_runs(str(demo["root"] / "runs" / "rotation_psl"))
     assert info.name == "rotation_psl" and not info.problem

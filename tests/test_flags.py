@@ -49,10 +49,10 @@ DEMO = {"gallery_size": ["0"], "port": ["0", "65536"], "max_loaded_runs": ["0"],
 UNCHECKED = {
     "train.py": {"dataset", "data_dir", "split", "output_dir", "stage_windows", "stage_epochs", "schedule_pattern",
                  "knn_split", "jigsaw_set_sizes", "resume", "sync_bn", "nesterov", "jit_compile",
-                 "mixed_precision", "knn_monitor", "deterministic", "download", "revnet_recompute"},
+                 "mixed_precision", "knn_monitor", "deterministic", "download", "revnet_recompute", "version"},
     "evaluate.py": {"runs", "dataset", "data_dir", "train_split", "eval_split", "output_dir", "schedule_pattern",
-                    "blocks", "label_ids_file", "download", "resume_dir"},
-    "apps/demo.py": {"runs_dir", "data_dir", "gallery", "host", "share", "cache_dir", "download"},
+                    "blocks", "label_ids_file", "download", "resume_dir", "version"},
+    "apps/demo.py": {"runs_dir", "data_dir", "gallery", "host", "share", "cache_dir", "download", "version"},
 }
 
 

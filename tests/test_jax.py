@@ -255,7 +255,7 @@ def test_a_jax_trained_run_is_evaluated_by_evaluate_py_and_shown_by_the_demo(jax
     row = json.load(open(tmp_path / "eval" / "results.json"))["tables"]["knn"]["rows"][0]
     assert row["run"] == "jax" and all(0.0 <= row[b] <= 1.0 for b in ("B1", "B2", "B3", "B4", "B5"))
     # The demo finds the run, its task and its three stages (heads and stage backbones load in safe mode).
-    from apps import core
+    from psl_keras.demo import core
 
     (info,) = [i for i in core.discover_runs(os.path.dirname(jax_runs["unbroken"])) if i.name == "unbroken"]
     loaded = core.LoadedRun(info)

@@ -36,7 +36,9 @@ def main(script, table):
     module = importlib.util.module_from_spec(spec)
     sys.modules["cli_under_test"] = module  # absl names a flag's module from the defining frame
     spec.loader.exec_module(module)
-    defined = flags.FLAGS.flags_by_module_dict().get("cli_under_test", [])
+    # The script's own flags and those of the psl_keras program it starts (the launchers define none).
+    defined = [flag for name, module_flags in flags.FLAGS.flags_by_module_dict().items()
+               if name == "cli_under_test" or name.startswith("psl_keras") for flag in module_flags]
     report = {}
     for flag in defined:
         results = {}

@@ -3,7 +3,7 @@ per stage with its head's answer."""
 
 import gradio as gr
 
-from apps.core import png_data_uri
+from psl_keras.demo.core import png_data_uri
 from psl_keras.errors import PSLError
 
 MAX_STAGES = 3

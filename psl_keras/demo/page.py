@@ -1,6 +1,6 @@
 """The demo's page: runs, prediction tabs and retrieval, built with Gradio around one DemoApp.
 
-apps/demo.py parses the flags and serves it; tests build it directly.
+app.py (psl-demo, apps/demo.py) parses the flags and serves it; tests build it directly.
 """
 
 import functools
@@ -45,7 +45,7 @@ class DemoApp:
     """The page's state: where runs are, which are loaded, the gallery; the tabs ask it for all three."""
 
     def __init__(self, runs_dir, gallery, max_loaded_runs=4, max_upload_bytes=20 * 2**20, data_dir=""):
-        from apps import core
+        from psl_keras.demo import core
 
         self.core = core
         self.runs_dir = runs_dir
@@ -281,7 +281,7 @@ class DemoApp:
     def build(self):
         import gradio as gr
 
-        from apps.tabs import PREDICTION_TABS
+        from psl_keras.demo.tabs import PREDICTION_TABS
 
         self._dropdowns, self._previews, self.tabs = [], [], {}
         with gr.Blocks(title="psl-keras demo") as page:

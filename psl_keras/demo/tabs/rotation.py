@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from apps.core import for_display
-from apps.tabs.base import PredictionTab
+from psl_keras.demo.core import for_display
+from psl_keras.demo.tabs.base import PredictionTab
 from psl_keras.tasks.rotation import ROTATION_LEVELS, rotation_angles
 
 # String values: the API lists and accepts "1", "2", "3" (the labels are for people).

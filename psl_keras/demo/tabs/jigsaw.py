@@ -4,8 +4,8 @@ import gradio as gr
 import numpy as np
 import tensorflow as tf
 
-from apps.core import for_display
-from apps.tabs.base import PredictionTab
+from psl_keras.demo.core import for_display
+from psl_keras.demo.tabs.base import PredictionTab
 
 GAP = 2  # pixels between tiles in the pictures
 

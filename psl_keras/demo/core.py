@@ -1,7 +1,7 @@
 """What the demo's pages share: finding runs, loading each once (a bounded cache), reading input images and
 nearest-neighbour retrieval over a gallery split with embeddings cached on disk.
 
-Nothing here knows a pretext task: prediction tabs (apps/tabs/) bring that, one module per task.
+Nothing here knows a pretext task: prediction tabs (tabs/) bring that, one module per task.
 """
 
 import collections
