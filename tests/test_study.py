@@ -53,7 +53,8 @@ import dataclasses, json, shlex, sys
 from absl import flags
 script, lines = sys.argv[1], json.load(sys.stdin)
 sys.argv = [script]
-module = __import__(script)
+import importlib
+module = importlib.import_module("psl_keras.cli." + script)
 configs = []
 for line in lines:
     flags.FLAGS.unparse_flags()

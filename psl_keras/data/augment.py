@@ -10,10 +10,19 @@ TensorFlow and on the accelerator under Keras on JAX (`psl_keras.data.transforms
 Other Keras augmentation layers may sit in a level next to these; their randomness is their own generator's,
 so a run that uses them repeats exactly only if it is never resumed.
 
-Why not keras-cv or Keras' own layers (measured in `benchmarks/augmentation.py`): their random choices come from
-a stateful generator per batch (not one seed per example), keras-cv's `RandomApply` runs image by image and its
-`RandomCropAndResize` falls back to while-loops, Keras' `RandomGaussianBlur` draws one sigma per batch, and
-neither has SimCLR's random-order colour jitter or a Sobel step.
+Why not Keras's own augmentation layers (Keras 3.15's RandomColorJitter, RandomGrayscale, RandomGaussianBlur,
+RandomCrop, RandomFlip, the successors of keras-cv's): each was measured against the step here
+(`benchmarks/augmentation_layers.py`, 2-core CPU, one batch in a compiled function, 32 px x 512 / 224 px x 64)
+and checked for what the ladder needs; none is both right and within 10% of ours.
+- RandomGrayscale: the same luma, and it accepts a per-view choice made from the view's own seed
+  (`transform_images`), but it takes 1.6x (32 px) and 1.85x (224 px) our time.
+- RandomColorJitter: 0.66x / 0.56x our time, but brightness, contrast, saturation and hue always run in that
+  order, each drawn from the layer's own per-batch generator; SimCLR's jitter takes a random order per view.
+- RandomGaussianBlur: one sigma for the whole batch (SimCLR draws one per view), and 6.5x our time at 224 px.
+- RandomCrop + RandomFlip: a fixed-size crop, without SimCLR's area and aspect-ratio draw or the resize; ours is
+  that crop, resize and flip in one gather.
+keras-cv's layers (`benchmarks/augmentation.py`) draw per batch too, its `RandomApply` runs image by image and
+its `RandomCropAndResize` falls back to while-loops. Neither library has a Sobel step.
 """
 
 from keras import ops
