@@ -137,6 +137,10 @@ MUTANTS = (
            "psl_keras/backbones/revnet.py",
            (("    with keras.StatelessScope(state_mapping=list(zip(variables, values))):\n        return",
              "    if True:\n        return"),), REVNET),
+    Mutant("V5", "RevNet's residual stream in bfloat16 under mixed precision (its input no longer rebuilt exactly)",
+           "psl_keras/backbones/revnet.py",
+           (('''        kwargs.setdefault("dtype", keras.config.dtype_policy().variable_dtype)
+        super().__init__(**kwargs)''', "        super().__init__(**kwargs)"),), REVNET),
     # --- data: order, seeding, sharding, batches, resume ---------------------------------------------
     Mutant("D1", "in-memory shuffle ignores the seed", "psl_keras/data/__init__.py",
            (("np.random.default_rng(seed).permutation", "np.random.default_rng(0).permutation"),), DATA),

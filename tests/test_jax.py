@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import psl_keras
 from conftest import REPO
 from psl_keras.tasks import build_task
 
@@ -206,6 +207,7 @@ def test_jax_run_writes_the_run_directory_of_the_tensorflow_trainer(jax_runs):
     assert [s["stage"] for s in summary["stages"]] == [1, 2, 3]
     assert summary["config"]["backend"] == "jax" and summary["strategy"]["replicas"] == 1
     assert summary["machine"]["backend"] == "jax" and "jax" in summary["machine"]["versions"]
+    assert summary["machine"]["versions"]["psl_keras"] == psl_keras.__version__
     assert all(np.isfinite(s["final_loss"]) for s in summary["stages"])
     assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["ckpt-5.npz", "ckpt-6.npz"]  # two newest kept
     # Stage 1's backbone differs from the final one only where stages 2 and 3 trained: B1 is frozen after S1.

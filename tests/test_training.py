@@ -28,7 +28,12 @@ def test_psl_run_writes_checkpoints_summary_and_a_headless_backbone(tmp_path, sy
         assert np.isfinite(s["final_loss"]) and 0.0 <= s["final_accuracy"] <= 1.0
         assert s["images_per_sec"] > 0  # 2 steps an epoch: the second one is timed
     with open(os.path.join(run, "summary.json")) as f:
-        assert json.load(f)["stages"] == json.loads(json.dumps(summary["stages"]))
+        saved = json.load(f)
+    assert saved["stages"] == json.loads(json.dumps(summary["stages"]))
+    import psl_keras  # the versions a result was made with: psl-keras's own among them
+
+    assert saved["machine"]["versions"]["psl_keras"] == psl_keras.__version__
+    assert {"keras", "tensorflow"} <= set(saved["machine"]["versions"]) and saved["machine"]["backend"] == "tensorflow"
     for name in ("backbone.keras", "stage1_backbone.keras", "stage2_backbone.keras", "stage3_backbone.keras",
                  "state.json", "log.csv"):
         assert os.path.exists(os.path.join(run, name)), name

@@ -26,6 +26,9 @@ class ReversibleBottleneck(layers.Layer):
     """A reversible residual unit on `channels` channels with bottleneck width `bottleneck` in F and G."""
 
     def __init__(self, channels, bottleneck, sync_bn=False, **kwargs):
+        # The residual stream (x1, x2, y1, y2) stays in the variables' precision under mixed precision, so the
+        # input is recovered from the output exactly; F and G compute in the global policy's precision.
+        kwargs.setdefault("dtype", keras.config.dtype_policy().variable_dtype)
         super().__init__(**kwargs)
         if channels % 2:
             raise ValueError(f"A reversible unit needs an even channel count, got {channels}.")
@@ -63,17 +66,22 @@ class ReversibleBottleneck(layers.Layer):
             x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
         return x
 
+    @classmethod
+    def residual(cls, stack, x, training):
+        """F or G at x, in x's precision."""
+        return ops.cast(cls._run(stack, x, training), x.dtype)
+
     def call(self, inputs, training=None):
         x1, x2 = ops.split(inputs, 2, axis=-1)
-        y1 = x1 + self._run(self.f, x2, training)
-        y2 = x2 + self._run(self.g, y1, training)
+        y1 = x1 + self.residual(self.f, x2, training)
+        y2 = x2 + self.residual(self.g, y1, training)
         return ops.concatenate([y1, y2], axis=-1)
 
     def inverse(self, outputs, training=False):
         """Reconstructs the unit's input from its output."""
         y1, y2 = ops.split(outputs, 2, axis=-1)
-        x2 = y2 - self._run(self.g, y1, training)
-        x1 = y1 - self._run(self.f, x2, training)
+        x2 = y2 - self.residual(self.g, y1, training)
+        x1 = y1 - self.residual(self.f, x2, training)
         return ops.concatenate([x1, x2], axis=-1)
 
     def compute_output_shape(self, input_shape):
@@ -103,7 +111,7 @@ def _vjp(fn, *primals):
 def _run_in_scope(stack, x, training, variables, values):
     """`stack` applied to `x` with `variables` taking `values` (functional in the values, for differentiation)."""
     with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-        return ReversibleBottleneck._run(stack, x, training)
+        return ReversibleBottleneck.residual(stack, x, training)
 
 
 @keras.saving.register_keras_serializable(package="psl_keras")
@@ -113,7 +121,9 @@ class ReversibleSequence(layers.Layer):
     gradients and the same BatchNorm statistics."""
 
     def __init__(self, channels, bottleneck, depth, sync_bn=False, recompute=True, **kwargs):
-        # Weights enter the recomputation as float32 values; each unit casts them for mixed precision itself.
+        # Weights enter the recomputation as float32 values, each unit casts them for mixed precision itself; the
+        # residual stream stays in the variables' precision (see ReversibleBottleneck).
+        kwargs.setdefault("dtype", keras.config.dtype_policy().variable_dtype)
         super().__init__(autocast=False, **kwargs)
         self.channels, self.bottleneck, self.depth = int(channels), int(bottleneck), int(depth)
         self.sync_bn, self.recompute = bool(sync_bn), bool(recompute)
