@@ -2,7 +2,9 @@
 checkout). Each module defines its flags when imported and sets up the environment Keras reads before Keras
 loads, so nothing here imports Keras."""
 
-from absl import flags
+import sys
+
+from absl import app, flags
 
 from psl_keras import installed_versions
 
@@ -16,3 +18,17 @@ def versions_line():
     versions = installed_versions()
     frameworks = ", ".join(f"{name} {version}" for name, version in versions.items() if name != "psl_keras")
     return f"psl-keras {versions['psl_keras']} ({frameworks})"
+
+
+def start(main, usage):
+    """Runs an absl program `main`: `usage` (its module's docstring) is what --help shows whether it was started
+    as a console command or a script, and --version is answered before `main` runs."""
+    sys.modules["__main__"].__doc__ = usage
+
+    def main_or_versions(argv):
+        if flags.FLAGS.version:
+            print(versions_line())
+            return 0
+        return main(argv)
+
+    app.run(main_or_versions)

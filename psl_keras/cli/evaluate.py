@@ -17,7 +17,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from psl_keras.backbones import BLOCK_NAMES  # noqa: E402
 from psl_keras.config import SCHEDULES, STRATEGIES  # noqa: E402
-from psl_keras.cli import define_version_flag, versions_line  # noqa: E402
+from psl_keras.cli import define_version_flag, start  # noqa: E402
 from psl_keras.ranges import (Range, define_number, define_number_list, non_negative, non_negative_int,  # noqa: E402
                               positive, positive_int)
 
@@ -158,9 +158,6 @@ def run_evaluation():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.version:
-        print(versions_line())
-        return 0
     logging.set_verbosity(logging.WARNING)
     import tensorflow as tf
 
@@ -183,8 +180,7 @@ def main(argv):
 
 def run():
     """The psl-evaluate command."""
-    sys.modules["__main__"].__doc__ = __doc__  # what absl's --help shows
-    app.run(main)
+    start(main, __doc__)
 
 
 if __name__ == "__main__":

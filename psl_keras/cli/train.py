@@ -31,7 +31,7 @@ for _i, _arg in enumerate(sys.argv[1:], start=1):
 from absl import app, flags, logging  # noqa: E402
 
 from psl_keras.backbones import BACKBONES  # noqa: E402
-from psl_keras.cli import define_version_flag, versions_line  # noqa: E402
+from psl_keras.cli import define_version_flag, start  # noqa: E402
 from psl_keras.config import PRESETS, TrainConfig  # noqa: E402
 from psl_keras.ranges import define_number  # noqa: E402
 from psl_keras.tasks import TASKS, option_spec  # noqa: E402
@@ -95,9 +95,6 @@ def _tensorflow_error(name):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.version:
-        print(versions_line())
-        return 0
     logging.set_verbosity(logging.WARNING)  # keep tf.distribute's per-step INFO lines off the progress bar
     # SIGTERM (kill, timeout, a scheduler's preemption, docker stop) takes Ctrl-C's path: the steps done are
     # saved and --resume continues, where the default action would drop everything since the last checkpoint.
@@ -151,8 +148,7 @@ def main(argv):
 
 def run():
     """The psl-train command."""
-    sys.modules["__main__"].__doc__ = __doc__  # what absl's --help shows
-    app.run(main)
+    start(main, __doc__)
 
 
 if __name__ == "__main__":

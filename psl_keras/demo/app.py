@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from absl import app as absl_app, flags, logging as absl_logging  # noqa: E402
 
-from psl_keras.cli import define_version_flag, versions_line  # noqa: E402
+from psl_keras.cli import define_version_flag, start  # noqa: E402
 from psl_keras.ranges import Range, define_number  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -58,9 +58,6 @@ def port_problem(host, port):
 def main(argv):
     if len(argv) > 1:
         raise absl_app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.version:
-        print(versions_line())
-        return 0
     problems = check_flags() + [p for p in [port_problem(FLAGS.host, FLAGS.port)] if p]
     if problems:
         print("error: " + "; ".join(problems) + ".", file=sys.stderr)
@@ -111,8 +108,7 @@ def main(argv):
 
 def run():
     """The psl-demo command."""
-    sys.modules["__main__"].__doc__ = __doc__  # what absl's --help shows
-    absl_app.run(main)
+    start(main, __doc__)
 
 
 if __name__ == "__main__":
